@@ -1,0 +1,354 @@
+"""The one place that knows the Example feature keys: encode, parse, decode, and the tf.data reader.
+
+Every stage that reads or writes Examples goes through this module, so the data contract of
+DESIGN.md (TF Object Detection API keys, gzip TFRecord shards per split, `schema.json`) lives in
+one file. A record, before encoding and after decoding, is a plain dict:
+
+    id: str, source: str,
+    image: uint8 [H, W, C]                      (all tasks but video)
+    label: int                                  (classification, video)
+    mask: uint8 [H, W] class ids                (segmentation)
+    boxes: float32 [N, 4] xmin, ymin, xmax, ymax normalised to [0, 1]; box_labels: int64 [N]
+    frames: uint8 [T, H, W, C]                  (video)
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+SPLITS = ("train", "eval", "test")
+SHARD_SUFFIX = ".tfrecord.gz"
+SCHEMA_FILE = "schema.json"
+STATS_FILE = "stats.json"
+DEAD_LETTER_FILE = "dead_letter.jsonl"
+
+ID = "example/id"
+SOURCE = "example/source"
+IMAGE = "image/encoded"
+IMAGE_FORMAT = "image/format"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+CHANNELS = "image/channels"
+LABEL = "image/class/label"
+MASK = "image/segmentation/class/encoded"
+BOX_KEYS = ("image/object/bbox/xmin", "image/object/bbox/ymin", "image/object/bbox/xmax", "image/object/bbox/ymax")
+BOX_LABEL = "image/object/class/label"
+VIDEO = "video/encoded"
+NUM_FRAMES = "video/num_frames"
+VIDEO_LABEL = "video/class/label"
+
+MAX_BOXES = 32
+"""Boxes per image after padding in the reader (detection targets have a static shape)."""
+
+
+class RecordError(ValueError):
+    """A record that cannot become a valid Example; the message says which field and why."""
+
+
+# ------------------------------------------------------------------------------------------------
+# image bytes (PIL on the Beam side: no TF graph per record)
+# ------------------------------------------------------------------------------------------------
+def encode_image(pixels: np.ndarray, image_format: str = "png") -> bytes:
+    from PIL import Image
+
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise RecordError(f"image: expected uint8 pixels, got {pixels.dtype}")
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    buffer = io.BytesIO()
+    if image_format == "png":
+        Image.fromarray(pixels).save(buffer, format="PNG")
+    elif image_format == "jpeg":
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    else:
+        raise RecordError(f"image/format: expected 'png' or 'jpeg', got {image_format!r}")
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes, channels: Optional[int] = None) -> np.ndarray:
+    """Decode PNG/JPEG/GIF/BMP bytes fully (a truncated file raises instead of returning grey)."""
+    from PIL import Image, ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if channels == 1:
+                image = image.convert("L")
+            elif channels == 3 or (channels is None and image.mode not in ("L",)):
+                image = image.convert("RGB")
+            pixels = np.asarray(image, dtype=np.uint8)
+    except Exception as exc:  # PIL raises many types for bad bytes
+        raise RecordError(f"image cannot be decoded: {exc}") from None
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    return pixels
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """A PNG of class ids (palette PNGs keep their indices) -> uint8 [H, W]."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode not in ("L", "P"):
+                raise RecordError(f"mask: expected a single-channel or palette PNG, got mode {image.mode}")
+            return np.asarray(image, dtype=np.uint8)
+    except RecordError:
+        raise
+    except Exception as exc:
+        raise RecordError(f"mask cannot be decoded: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# record <-> tf.train.Example
+# ------------------------------------------------------------------------------------------------
+def _bytes(values):
+    import tensorflow as tf
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _ints(values):
+    import tensorflow as tf
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _floats(values):
+    import tensorflow as tf
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+
+def encode_example(record: dict, image_format: str = "png") -> bytes:
+    """A record dict -> serialized tf.train.Example. Raises RecordError naming the bad field."""
+    import tensorflow as tf
+
+    if not record.get("id"):
+        raise RecordError("example/id: expected a non-empty string")
+    feature = {ID: _bytes([str(record["id"]).encode()]), SOURCE: _bytes([str(record.get("source", "")).encode()])}
+    if "frames" in record:
+        frames = np.asarray(record["frames"])
+        if frames.ndim != 4:
+            raise RecordError(f"frames: expected [T, H, W, C], got shape {frames.shape}")
+        feature[VIDEO] = _bytes([encode_image(f, image_format) for f in frames])
+        feature[NUM_FRAMES] = _ints([frames.shape[0]])
+        feature[HEIGHT], feature[WIDTH], feature[CHANNELS] = (_ints([d]) for d in frames.shape[1:])
+        feature[IMAGE_FORMAT] = _bytes([image_format.encode()])
+        if "label" in record:
+            feature[VIDEO_LABEL] = _ints([record["label"]])
+    else:
+        image = np.asarray(record["image"])
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3:
+            raise RecordError(f"image: expected [H, W, C], got shape {image.shape}")
+        feature[IMAGE] = _bytes([encode_image(image, image_format)])
+        feature[IMAGE_FORMAT] = _bytes([image_format.encode()])
+        feature[HEIGHT], feature[WIDTH], feature[CHANNELS] = (_ints([d]) for d in image.shape)
+        if "label" in record:
+            feature[LABEL] = _ints([record["label"]])
+        if "mask" in record:
+            mask = np.asarray(record["mask"], dtype=np.uint8)
+            if mask.shape[:2] != image.shape[:2]:
+                raise RecordError(f"mask: expected size {image.shape[:2]} like the image, got {mask.shape[:2]}")
+            feature[MASK] = _bytes([encode_image(mask, "png")])
+        if "boxes" in record:
+            boxes = np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4)
+            labels = np.asarray(record.get("box_labels", []), dtype=np.int64).reshape(-1)
+            if len(labels) != len(boxes):
+                raise RecordError(f"box_labels: expected {len(boxes)} labels, one per box, got {len(labels)}")
+            for key, column in zip(BOX_KEYS, boxes.T):
+                feature[key] = _floats(column)
+            feature[BOX_LABEL] = _ints(labels)
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def decode_example(serialized: bytes) -> dict:
+    """Serialized Example -> record dict with decoded pixels (numpy; used by Beam stages and tests)."""
+    import tensorflow as tf
+
+    example = tf.train.Example.FromString(serialized)
+    f = example.features.feature
+
+    def one(key, kind="int64_list"):
+        values = getattr(f[key], kind).value
+        return values[0] if values else None
+
+    record: dict[str, Any] = {"id": one(ID, "bytes_list").decode(), "source": one(SOURCE, "bytes_list").decode()}
+    channels = one(CHANNELS)
+    if VIDEO in f:
+        record["frames"] = np.stack([decode_image(b, channels) for b in f[VIDEO].bytes_list.value])
+        if VIDEO_LABEL in f:
+            record["label"] = int(one(VIDEO_LABEL))
+        return record
+    record["image"] = decode_image(one(IMAGE, "bytes_list"), channels)
+    if LABEL in f:
+        record["label"] = int(one(LABEL))
+    if MASK in f:
+        record["mask"] = decode_mask(one(MASK, "bytes_list"))
+    if BOX_LABEL in f:
+        columns = [np.asarray(f[k].float_list.value, dtype=np.float32) for k in BOX_KEYS]
+        record["boxes"] = np.stack(columns, axis=-1).reshape(-1, 4)
+        record["box_labels"] = np.asarray(f[BOX_LABEL].int64_list.value, dtype=np.int64)
+    return record
+
+
+# ------------------------------------------------------------------------------------------------
+# the artifact on disk
+# ------------------------------------------------------------------------------------------------
+def shard_pattern(examples_dir: str | Path, split: str) -> str:
+    return str(Path(examples_dir) / split / f"data-*{SHARD_SUFFIX}")
+
+
+def shard_files(examples_dir: str | Path, split: str) -> list[str]:
+    return sorted(str(p) for p in (Path(examples_dir) / split).glob(f"data-*{SHARD_SUFFIX}"))
+
+
+def read_schema(examples_dir: str | Path) -> dict:
+    path = Path(examples_dir) / SCHEMA_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: Examples artifact has no {SCHEMA_FILE}") from None
+
+
+def iter_records(examples_dir: str | Path, split: str):
+    """Yields decoded record dicts of one split (eager, for validation, tests and small reports)."""
+    import tensorflow as tf
+
+    for path in shard_files(examples_dir, split):
+        for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
+            yield decode_example(serialized)
+
+
+# ------------------------------------------------------------------------------------------------
+# tf.data: parse and decode in the graph
+# ------------------------------------------------------------------------------------------------
+def feature_spec(task: str) -> dict:
+    import tensorflow as tf
+
+    spec = {
+        ID: tf.io.FixedLenFeature([], tf.string),
+        SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+        WIDTH: tf.io.FixedLenFeature([], tf.int64),
+        CHANNELS: tf.io.FixedLenFeature([], tf.int64),
+    }
+    if task == "video":
+        spec[VIDEO] = tf.io.VarLenFeature(tf.string)
+        spec[NUM_FRAMES] = tf.io.FixedLenFeature([], tf.int64)
+        spec[VIDEO_LABEL] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
+        return spec
+    spec[IMAGE] = tf.io.FixedLenFeature([], tf.string)
+    spec[LABEL] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
+    if task in ("segmentation", "multitask"):
+        spec[MASK] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    if task in ("detection", "multitask"):
+        for key in BOX_KEYS:
+            spec[key] = tf.io.VarLenFeature(tf.float32)
+        spec[BOX_LABEL] = tf.io.VarLenFeature(tf.int64)
+    return spec
+
+
+def decode_image_tensor(encoded, channels: int, image_size=None):
+    """Encoded bytes (PNG/JPEG/GIF/BMP) -> float32 [H, W, C] in [0, 1], resized when asked."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    if image_size is not None:
+        image = tf.image.resize(image, image_size)
+    return image
+
+
+def parse_example(serialized, schema: dict):
+    """Serialized Example -> (inputs, targets, meta) tensors for the schema's task.
+
+    inputs: image float32 [H, W, C] (video: frames [T, H, W, C]).
+    targets: classification/video one-hot [num_classes]; segmentation int32 mask [H, W];
+    detection {"boxes": [MAX_BOXES, 4] xyxy normalised, "labels": [MAX_BOXES]} padded with -1;
+    multitask a dict of every target present.
+    meta: {"id", "source"} strings, for predictions and reports.
+    """
+    import tensorflow as tf
+
+    task = schema["task"]
+    height, width, channels = schema["image_size"]
+    num_classes = len(schema["class_names"])
+    parsed = tf.io.parse_single_example(serialized, feature_spec(task))
+    meta = {"id": parsed[ID], "source": parsed[SOURCE]}
+
+    if task == "video":
+        encoded = tf.sparse.to_dense(parsed[VIDEO], default_value="")
+        frames = tf.map_fn(
+            lambda e: decode_image_tensor(e, channels), encoded, fn_output_signature=tf.TensorSpec([None, None, channels], tf.float32))
+        frames = tf.ensure_shape(frames, [schema["num_frames"], height, width, channels])
+        return frames, tf.one_hot(parsed[VIDEO_LABEL], num_classes), meta
+
+    image = tf.ensure_shape(decode_image_tensor(parsed[IMAGE], channels), [height, width, channels])
+    targets = {}
+    if task in ("classification", "multitask"):
+        targets["class"] = tf.one_hot(parsed[LABEL], num_classes)
+    if task in ("segmentation", "multitask"):
+        mask = tf.io.decode_png(parsed[MASK], channels=1)[..., 0]
+        targets["mask"] = tf.ensure_shape(tf.cast(mask, tf.int32), [height, width])
+    if task in ("detection", "multitask"):
+        columns = [tf.sparse.to_dense(parsed[key]) for key in BOX_KEYS]
+        boxes = tf.stack(columns, axis=-1)[:MAX_BOXES]
+        labels = tf.cast(tf.sparse.to_dense(parsed[BOX_LABEL]), tf.int32)[:MAX_BOXES]
+        pad = MAX_BOXES - tf.shape(boxes)[0]
+        targets["boxes"] = tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]], constant_values=-1.0), [MAX_BOXES, 4])
+        targets["labels"] = tf.ensure_shape(tf.pad(labels, [[0, pad]], constant_values=-1), [MAX_BOXES])
+    if task == "classification":
+        targets = targets["class"]
+    elif task == "segmentation":
+        targets = targets["mask"]
+    return image, targets, meta
+
+
+def make_dataset(
+    examples_dir: str | Path,
+    split: str,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    repeat: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int = 1024,
+    drop_remainder: bool = False,
+    with_meta: bool = False,
+    input_context=None,
+):
+    """The tf.data reader: interleaved gzip shards -> parallel parse/decode -> shuffle -> batch -> prefetch.
+
+    Yields `(inputs, targets)` batches, or `(inputs, targets, meta)` with `with_meta=True`.
+    `input_context` (from `strategy.distribute_datasets_from_function`) shards by worker.
+    """
+    import tensorflow as tf
+
+    schema = read_schema(examples_dir)
+    files = shard_files(examples_dir, split)
+    if not files:
+        raise FileNotFoundError(f"{examples_dir}: no shards for split '{split}' (expected {shard_pattern(examples_dir, split)})")
+    autotune = tf.data.AUTOTUNE
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+        cycle_length=min(len(files), 8), num_parallel_calls=autotune, deterministic=not shuffle)
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.map(lambda s: parse_example(s, schema), num_parallel_calls=autotune, deterministic=not shuffle)
+    if not with_meta:
+        dataset = dataset.map(lambda x, y, meta: (x, y))
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(autotune)
