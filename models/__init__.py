@@ -1,0 +1,41 @@
+"""Keras 3 models, layers, losses and box utilities; nothing here knows about the pipeline.
+
+    from models import build_model
+    model = build_model("cnn", input_shape=(32, 32, 3), num_classes=3, blocks=[...])
+
+Models return logits (float32); callers apply softmax/sigmoid where they need probabilities.
+"""
+from __future__ import annotations
+
+import importlib
+
+from models.registry import LOSSES, MODELS, OPTIMIZERS
+
+# Modules that register builders, losses and optimizers when imported; a module not written yet is skipped.
+_REGISTERING_MODULES = ("cnn", "fcn", "detector", "multitask", "video", "losses", "pixel_losses",
+                        "detection_losses", "optimizers")
+
+
+def _load_registrations() -> None:
+    for name in _REGISTERING_MODULES:
+        try:
+            importlib.import_module(f"models.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"models.{name}":
+                raise
+
+
+def build_model(name: str, input_shape, num_classes: int, **params):
+    """Builds a registered model by name: `build_model("cnn", (32, 32, 3), 3, blocks=[...])`."""
+    _load_registrations()
+    return MODELS.get(name)(input_shape=tuple(input_shape), num_classes=num_classes, **params)
+
+
+def get_loss(name: str, **params):
+    _load_registrations()
+    return LOSSES.get(name)(**params)
+
+
+def get_optimizer(name: str, **params):
+    _load_registrations()
+    return OPTIMIZERS.get(name)(**params)

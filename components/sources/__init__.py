@@ -1,0 +1,27 @@
+"""Data sources for ingest, chosen by the config's `ingest.source.name`.
+
+Each source module defines a `Reader(source_config, ingest_config)` with:
+  class_names() -> list[str]
+  list_items() -> list            small picklable keys (paths, index ranges); Beam creates from these
+  read(item) -> Iterable[dict]    record dicts (see components/examples.py); raises
+                                  components.examples.RecordError naming the item for bad input
+  fingerprint() -> str            changes when the data changes (file list, sizes, mtimes; or the config)
+  schema_extras() -> dict         extra fields for schema.json (e.g. num_frames, length rule)
+"""
+from __future__ import annotations
+
+import importlib
+
+SOURCE_MODULES = {
+    "synthetic": "components.sources.synthetic",
+    "image_folder": "components.sources.image_folder",
+    "tfds": "components.sources.tfds",
+    "coco": "components.sources.coco",
+    "mask_folder": "components.sources.mask_folder",
+    "video_folder": "components.sources.video_folder",
+}
+
+
+def make_reader(source_config, ingest_config):
+    module = importlib.import_module(SOURCE_MODULES[source_config.name])
+    return module.Reader(source_config, ingest_config)

@@ -1,0 +1,4 @@
+"""Our Keras layers, one per file, each registered serialisable (package `convpipe`).
+
+Add an import line here when adding a layer file.
+"""
