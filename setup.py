@@ -18,6 +18,7 @@ setup(
         "tensorflow-datasets>=4.9.10,<5",
         "tensorflow-metadata>=1.21,<2",
         "apache-beam>=2.77,<2.78",
+        "google-crc32c>=1.5",  # Beam's WriteToTFRecord needs a CRC32C implementation
         "pydantic>=2.6,<3",
         "fasteners>=0.19",
         "rich>=13",
