@@ -2,3 +2,4 @@
 
 Add an import line here when adding a layer file.
 """
+from models.layers.select_frame import SelectFrame  # noqa: F401
