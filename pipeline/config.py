@@ -71,6 +71,7 @@ class ImageFolderSource(Strict):
     name: Literal["image_folder"] = "image_folder"
     path: str
     extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".gif", ".bmp"])
+    channels: Literal[1, 3] = Field(3, description="Decode every image to this many channels (3: RGB, 1: grey).")
 
 
 class TfdsSource(Strict):
