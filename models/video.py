@@ -17,7 +17,8 @@ each), the same head (Flatten -> Dense(dense_units) -> logits) and the same spat
 sweep over `fusion` compares fusion and nothing else. Flatten, not global pooling, keeps where
 things are, which late fusion needs to tell the direction of motion from two frames.
 
-Temporal sizes follow the same rule as 2D: O = (I - F + P_start + P_end) / S + 1 per axis.
+Temporal sizes follow the same rule as 2D (models.arithmetic): O = (I - F + P_start + P_end) / S + 1
+per axis, time included.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Sequence
 
 import keras
 
+from models.arithmetic import output_size, same_padding
 from models.layers.select_frame import SelectFrame
 from models.registry import MODELS
 
@@ -35,11 +37,6 @@ DEFAULT_FILTERS = (16, 32, 32)
 # ------------------------------------------------------------------------------------------------
 # the temporal plan of slow fusion
 # ------------------------------------------------------------------------------------------------
-def conv_output_size(size: int, kernel: int, stride: int = 1, pad_start: int = 0, pad_end: int = 0) -> int:
-    """O = (I - F + P_start + P_end) / S + 1, floored: the same rule for time as for height and width."""
-    return (size - kernel + pad_start + pad_end) // stride + 1
-
-
 def slow_fusion_schedule(frames: int, num_layers: int, temporal_kernel: int = 4,
                          temporal_stride: int = 2) -> list[tuple[int, int]]:
     """(kernel, stride) along time for each slow-fusion layer, valid padding in time.
@@ -60,19 +57,13 @@ def slow_fusion_schedule(frames: int, num_layers: int, temporal_kernel: int = 4,
             kernel = temporal_kernel + (remaining - temporal_kernel) % temporal_stride
             stride = temporal_stride
         plan.append((kernel, stride))
-        remaining = conv_output_size(remaining, kernel, stride)
+        remaining = output_size(remaining, kernel, stride, strict=True, layer=f"slow fusion layer {layer + 1}")
     return plan
 
 
 # ------------------------------------------------------------------------------------------------
 # building blocks
 # ------------------------------------------------------------------------------------------------
-def _same_pad(kernel: int) -> tuple[int, int]:
-    """Padding before and after that keeps a size at stride 1 (Keras' 'same': the extra one after)."""
-    total = kernel - 1
-    return total // 2, total - total // 2
-
-
 def _pool(size: int) -> int:
     """Pool by 2 while there is something to pool; a size-1 axis is left alone."""
     return 2 if size >= 2 else 1
@@ -86,7 +77,9 @@ def _conv_block_2d(x, filters: int, kernel_size: int, name: str):
 
 def _conv_block_3d(x, filters: int, kernel_size: int, temporal_kernel: int, temporal_stride: int, name: str):
     """Conv3D valid in time (extent `temporal_kernel`), 'same' in space, then 2x2 spatial pooling."""
-    x = keras.layers.ZeroPadding3D(((0, 0), _same_pad(kernel_size), _same_pad(kernel_size)), name=f"{name}_pad")(x)
+    height, width = x.shape[2], x.shape[3]
+    pads = ((0, 0), same_padding(height, kernel_size), same_padding(width, kernel_size))
+    x = keras.layers.ZeroPadding3D(pads, name=f"{name}_pad")(x)
     x = keras.layers.Conv3D(filters, (temporal_kernel, kernel_size, kernel_size), strides=(temporal_stride, 1, 1),
                             padding="valid", activation="relu", name=f"{name}_conv")(x)
     height, width = x.shape[2], x.shape[3]
