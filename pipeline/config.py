@@ -99,9 +99,13 @@ class MaskFolderSource(Strict):
     """images/ and masks/ with matching file names; masks are PNG class ids or palette PNGs."""
     name: Literal["mask_folder"] = "mask_folder"
     path: str
-    num_classes: Annotated[int, Field(strict=True, ge=2)]
-    class_names: Optional[list[str]] = None
-    ignore_value: Optional[int] = 255
+    num_classes: Annotated[int, Field(strict=True, ge=2)] = Field(
+        ..., description="Mask ids 0..num_classes-1 are classes, 0 usually the background.")
+    class_names: Optional[list[str]] = Field(None, description="One name per class id; default background, class_1, ...")
+    ignore_value: Optional[int] = Field(255, description="Mask value that marks pixels to leave out of loss and metrics.")
+    channels: Literal[1, 3] = Field(3, description="Decode every image to this many channels (3: RGB, 1: grey).")
+    extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp"],
+                                  description="Image file extensions under images/; masks are always .png.")
 
 
 class VideoFolderSource(Strict):
