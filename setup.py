@@ -16,6 +16,7 @@ setup(
         "keras>=3.15.1,<4",
         "tensorboard>=2.21,<2.22",
         "tensorflow-datasets>=4.9.10,<5",
+        "importlib_resources>=6",  # TFDS builders need it (etils.epath) and do not always pull it in
         "tensorflow-metadata>=1.21,<2",
         "apache-beam>=2.77,<2.78",
         "google-crc32c>=1.5",  # Beam's WriteToTFRecord needs a CRC32C implementation
