@@ -192,3 +192,20 @@ def test_select_frame_picks_by_index_and_round_trips_its_config():
         SelectFrame(3)(clips)
     with pytest.raises(ValueError, match="Expected an integer"):
         SelectFrame(1.5)
+
+
+def test_video_config_loads_and_every_swept_fusion_builds_for_its_clips():
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "video.json")
+    source = config.ingest.source
+    assert (config.ingest.task, source.name, source.num_frames) == ("video", "synthetic", 8)
+    assert source.image_size <= 32 and config.model.name == "video" and config.model.params["fusion"] == "slow"
+    assert config.train.sweep == {"model.params.fusion": list(FUSIONS)}
+    assert not config.augment.enabled, "a horizontal flip would swap the labels left and right"
+    shape = (source.num_frames, source.image_size, source.image_size, 3)
+    for fusion in config.train.sweep["model.params.fusion"]:
+        params = {**config.model.params, "fusion": fusion}
+        assert build_model("video", shape, source.num_classes, **params).output_shape == (None, source.num_classes)
