@@ -1,0 +1,217 @@
+"""The one training loop: `strategy.run` over distributed datasets, for every strategy.
+
+Keras `fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585) while a custom loop
+with `strategy.run` works, so default, one-device, mirrored and multi-worker training all go
+through `fit` below. Per step each replica computes the mean loss of its share of the global
+batch, weighted by its share of the examples (so an uneven last batch, or a replica with no
+examples, still averages correctly); the optimizer sums gradients over replicas.
+
+The loop checks the loss after every step (a NaN names its epoch and step and leaves the backups
+alone), backs up at the end of every epoch and every `save_freq_steps` steps, keeps the weights
+of the best epoch by the monitored eval metric, and stops early when asked.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from components.training.backups import Backups, BestWeights
+from components.training.history import Progress, lower_is_better
+from components.training.tensorboard import TrainingLogs
+
+
+class NonFiniteLoss(ArithmeticError):
+    def __init__(self, epoch: int, step: int, global_step: int, value: float):
+        self.epoch, self.step, self.global_step, self.value = epoch, step, global_step, value
+        super().__init__(f"loss became {value} at epoch {epoch}, step {step} (global step {global_step})")
+
+
+def classification_sums(y, logits) -> dict:
+    """Per-replica sums for one-hot targets: the number of correct argmax predictions."""
+    import tensorflow as tf
+
+    correct = tf.equal(tf.argmax(logits, axis=-1), tf.argmax(y, axis=-1))
+    return {"accuracy": tf.reduce_sum(tf.cast(correct, tf.float32))}
+
+
+def _first(structure):
+    import tensorflow as tf
+    return tf.nest.flatten(structure)[0]
+
+
+class StepFunctions:
+    """The compiled train and eval steps for one model, optimizer and loss under one strategy."""
+
+    def __init__(self, strategy, model, optimizer, loss_fn, jit_compile: bool = False,
+                 metric_sums: Callable = classification_sums):
+        import tensorflow as tf
+
+        self.strategy, self.model, self.optimizer, self.loss_fn = strategy, model, optimizer, loss_fn
+        self.metric_sums = metric_sums
+        sum_op = tf.distribute.ReduceOp.SUM
+
+        def losses_on(x, y, training):
+            context = tf.distribute.get_replica_context()
+            count = tf.cast(tf.shape(_first(y))[0], tf.float32)
+            global_count = context.all_reduce(sum_op, count)
+            logits = model(x, training=training)
+            logits = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), logits)
+            # A Keras loss divides its batch mean by the number of replicas (scale_loss_for_distribution,
+            # so that summed gradients average); undo that and weight by this replica's share instead.
+            mean_loss = tf.cast(loss_fn(y, logits), tf.float32) * strategy.num_replicas_in_sync
+            return logits, mean_loss, count, global_count
+
+        def replica_train(x, y):
+            with tf.GradientTape() as tape:
+                logits, mean_loss, count, global_count = losses_on(x, y, True)
+                weighted = mean_loss * count / tf.maximum(global_count, 1.0)
+                if model.losses:
+                    weighted += tf.add_n(model.losses) / strategy.num_replicas_in_sync
+                scaled = optimizer.scale_loss(weighted)
+            variables = model.trainable_variables
+            gradients = tape.gradient(scaled, variables)
+            optimizer.apply_gradients(zip(gradients, variables))
+            return {"loss": mean_loss * count, "count": count, **metric_sums(y, logits)}
+
+        def replica_eval(x, y):
+            logits, mean_loss, count, _ = losses_on(x, y, False)
+            return {"loss": mean_loss * count, "count": count, **metric_sums(y, logits)}
+
+        if jit_compile:
+            replica_train = tf.function(replica_train, jit_compile=True, reduce_retracing=True)
+            replica_eval = tf.function(replica_eval, jit_compile=True, reduce_retracing=True)
+
+        def reduced(fn):
+            @tf.function(reduce_retracing=True)
+            def step(batch):
+                x, y = batch[0], batch[1]
+                sums = strategy.run(fn, args=(x, y))
+                return {k: strategy.reduce(sum_op, v, axis=None) for k, v in sums.items()}
+            return step
+
+        self.train_step = reduced(replica_train)
+        self.eval_step = reduced(replica_eval)
+
+    def distribute(self, dataset):
+        """Distribute a global-batch dataset; sharded by data, since files may be fewer than workers."""
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+    def evaluate(self, dataset) -> dict:
+        totals: dict[str, float] = {}
+        for batch in self.distribute(dataset):
+            for key, value in self.eval_step(batch).items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        return averages(totals)
+
+    def learning_rate(self) -> float:
+        return float(self.optimizer.learning_rate.numpy() if hasattr(self.optimizer.learning_rate, "numpy")
+                     else self.optimizer.learning_rate)
+
+
+def averages(totals: dict) -> dict:
+    count = totals.get("count", 0.0)
+    return {k: (v / count if count else float("nan")) for k, v in totals.items() if k != "count"}
+
+
+@dataclass
+class Plan:
+    epochs: int
+    monitor: str
+    """Eval metric that picks the best epoch, e.g. "val_accuracy" (or "loss" without eval data)."""
+    save_freq_steps: Optional[int] = None
+    early_stopping_monitor: Optional[str] = None
+    early_stopping_patience: int = 3
+
+
+def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Optional[Callable[[], object]],
+        plan: Plan, progress: Progress, backups: Backups, best: BestWeights, logs: TrainingLogs,
+        log: logging.Logger, on_epoch_end: Optional[Callable[[int], None]] = None) -> Progress:
+    """Train from `progress` (fresh or restored) to `plan.epochs`; `train_data(epoch)` is a new
+    global-batch dataset for that epoch, shuffled with a seed derived from the epoch."""
+    for epoch in range(progress.epochs_done + 1, plan.epochs + 1):
+        if progress.stopped_early:
+            break
+        started = time.monotonic()
+        totals = dict(progress.partial)
+        step = progress.steps_in_epoch
+        dataset = train_data(epoch)
+        if step:
+            dataset = dataset.skip(step)
+        for batch in steps.distribute(dataset):
+            sums = {k: float(v) for k, v in steps.train_step(batch).items()}
+            step += 1
+            progress.global_step += 1
+            loss = sums["loss"] / sums["count"] if sums["count"] else 0.0
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(epoch, step, progress.global_step, loss)
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + value
+            if plan.save_freq_steps and progress.global_step % plan.save_freq_steps == 0:
+                progress.steps_in_epoch, progress.partial = step, dict(totals)
+                progress.seconds += time.monotonic() - started
+                started = time.monotonic()
+                progress.sync()
+                backups.save()
+        progress.seconds += time.monotonic() - started
+
+        row = {"epoch": epoch, **averages(totals)}
+        if eval_data is not None:
+            row.update({f"val_{k}": v for k, v in steps.evaluate(eval_data()).items()})
+        row["learning_rate"] = steps.learning_rate()
+        row["seconds"] = round(progress.seconds, 3)
+        row["steps"] = progress.global_step
+        _check_monitor(plan.monitor, row)
+        progress.end_epoch(row)
+
+        value = row[plan.monitor]
+        tiebreak = row.get("val_loss", row.get("loss"))
+        if progress.improved(plan.monitor, value, tiebreak):
+            progress.best_epoch, progress.best_value, progress.best_loss = epoch, value, tiebreak
+            progress.best_weights = best.save(epoch)
+        if plan.early_stopping_monitor:
+            _check_monitor(plan.early_stopping_monitor, row)
+            _early_stopping(progress, plan, row[plan.early_stopping_monitor], epoch, log)
+
+        logs.scalars(epoch, {k: row[k] for k in steps_metric_names(row)},
+                     {k[4:]: row[k] for k in row if k.startswith("val_")}, row["learning_rate"])
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+        log.info("epoch %d/%d: %s", epoch, plan.epochs,
+                 ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "steps")))
+        progress.sync()
+        backups.save()
+        best.prune(keep=progress.best_weights)
+    return progress
+
+
+def steps_metric_names(row: dict) -> list[str]:
+    """Training metrics in an epoch row (not eval, not bookkeeping)."""
+    return [k for k in row if not k.startswith("val_") and k not in ("epoch", "learning_rate", "seconds", "steps")]
+
+
+def _check_monitor(monitor: str, row: dict) -> None:
+    if monitor not in row:
+        options = ", ".join(k for k in row if k not in ("epoch", "seconds", "steps"))
+        raise ValueError(f"monitored metric {monitor!r} is not computed; expected one of: {options}")
+
+
+def _early_stopping(progress: Progress, plan: Plan, value: float, epoch: int, log: logging.Logger) -> None:
+    """Keras's EarlyStopping rule: stop after `patience` epochs without improvement."""
+    history = [row[plan.early_stopping_monitor] for row in progress.rows[:-1]]
+    if history:
+        best = min(history) if lower_is_better(plan.early_stopping_monitor) else max(history)
+        better = value < best if lower_is_better(plan.early_stopping_monitor) else value > best
+    else:
+        better = True
+    progress.wait = 0 if better else progress.wait + 1
+    if progress.wait >= plan.early_stopping_patience:
+        progress.stopped_early = True
+        log.info("early stopping after epoch %d: %s did not improve for %d epochs",
+                 epoch, plan.early_stopping_monitor, progress.wait)

@@ -1,0 +1,150 @@
+"""Which `tf.distribute` strategy trains, chosen from `train.distribution`, the devices and `TF_CONFIG`.
+
+One training loop serves every strategy (see loop.py), so this module only decides *which* one:
+
+    auto        multi_worker when TF_CONFIG names more than one task, mirrored when there are
+                several GPUs (or the CPU was split with train.logical_cpu_devices), else default
+    default     tf.distribute.get_strategy(): no distribution, one device
+    one_device  OneDeviceStrategy on the first GPU, else the CPU
+    mirrored    MirroredStrategy over every GPU, else over the logical CPU devices
+    multi_worker MultiWorkerMirroredStrategy from TF_CONFIG
+
+Logical CPU devices must be declared before TensorFlow initialises its devices (the first op
+does that), so `configure_logical_cpus` runs before anything else touches TF in a trial; when a
+process has already initialised them differently, the caller trains in a fresh process instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+
+class DeviceSetupError(RuntimeError):
+    """The devices this process has cannot be changed to what the config asks for."""
+
+
+def tf_config() -> dict:
+    """The parsed TF_CONFIG environment variable ({} when unset)."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DeviceSetupError(f"TF_CONFIG: expected JSON, got {raw[:80]!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise DeviceSetupError(f"TF_CONFIG: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def cluster_size(config: Optional[dict] = None) -> int:
+    """Number of tasks (chief + workers) in TF_CONFIG's cluster; 1 when there is none."""
+    cluster = (tf_config() if config is None else config).get("cluster", {})
+    return sum(len(cluster.get(role, [])) for role in ("chief", "worker")) or 1
+
+
+def is_chief_task(config: Optional[dict] = None) -> bool:
+    """The chief writes backups, logs and artifacts: task type 'chief', or worker 0 without a chief."""
+    config = tf_config() if config is None else config
+    task = config.get("task", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    has_chief = bool(config.get("cluster", {}).get("chief"))
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and not has_chief
+
+
+def configure_logical_cpus(count: Optional[int]) -> None:
+    """Split the first physical CPU into `count` logical devices (for MirroredStrategy on CPU).
+
+    Raises DeviceSetupError when TensorFlow already initialised its devices with fewer.
+    """
+    if not count or count <= 1:
+        return
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have != count:
+            raise DeviceSetupError(
+                f"train.logical_cpu_devices: expected {count} logical CPU devices, but TensorFlow already "
+                f"initialised this process with {have}") from None
+
+
+def devices_initialised_as(count: Optional[int]) -> bool:
+    """Whether `configure_logical_cpus(count)` can succeed in this process."""
+    try:
+        configure_logical_cpus(count)
+        return True
+    except DeviceSetupError:
+        return False
+
+
+@dataclass
+class Placement:
+    strategy: object
+    kind: str
+    """The strategy actually used: default, one_device, mirrored or multi_worker."""
+    on_gpu: bool
+    is_chief: bool
+
+    @property
+    def num_replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+
+def resolve_kind(distribution: str, num_gpus: int, num_cpus: int, workers: int) -> str:
+    """The strategy kind for `auto`; other values pass through."""
+    if distribution != "auto":
+        return distribution
+    if workers > 1:
+        return "multi_worker"
+    if num_gpus > 1 or (num_gpus == 0 and num_cpus > 1):
+        return "mirrored"
+    return "default"
+
+
+def make_strategy(distribution: str, logical_cpu_devices: Optional[int] = None) -> Placement:
+    """Configure devices and create the strategy; call before building any model or dataset."""
+    import tensorflow as tf
+
+    configure_logical_cpus(logical_cpu_devices)
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    kind = resolve_kind(distribution, len(gpus), len(cpus) if logical_cpu_devices else 1, cluster_size())
+    if kind == "default":
+        strategy = tf.distribute.get_strategy()
+    elif kind == "one_device":
+        strategy = tf.distribute.OneDeviceStrategy((gpus or cpus)[0].name)
+    elif kind == "mirrored":
+        strategy = tf.distribute.MirroredStrategy([d.name for d in (gpus or cpus)])
+    elif kind == "multi_worker":
+        if cluster_size() < 2 and not tf_config():
+            raise DeviceSetupError(
+                "train.distribution=multi_worker: expected TF_CONFIG to describe the cluster "
+                "({\"cluster\": {\"worker\": [host:port, ...]}, \"task\": {...}}), got no TF_CONFIG")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        raise DeviceSetupError(
+            f"train.distribution: expected auto, default, one_device, mirrored or multi_worker, got {distribution!r}")
+    return Placement(strategy=strategy, kind=kind, on_gpu=bool(gpus), is_chief=is_chief_task())
+
+
+def precision_policy(setting: str, on_gpu: bool) -> str:
+    """`auto` is mixed_float16 on a GPU (tensor cores) and float32 on CPU (float16 is slower there)."""
+    if setting == "auto":
+        return "mixed_float16" if on_gpu else "float32"
+    return setting
+
+
+def use_jit(setting, on_gpu: bool) -> bool:
+    """`auto` compiles with XLA on a GPU only: on CPU the compile time outweighs the gain for small CNNs."""
+    if setting == "auto":
+        return on_gpu
+    return bool(setting)

@@ -1,0 +1,106 @@
+"""TensorBoard logs of one training run: scalars per epoch, the learning rate, sample predictions, the graph.
+
+Every run writes under one root (`pipeline.tensorboard_root`, default `<root>/tensorboard`), one
+directory per run with `train/` and `eval/` below it, and the same tag names in both, so
+`tensorboard --logdir <root>` overlays train and eval curves and shows all runs side by side.
+Only the chief writes; other workers get no-op writers.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def tensorboard_dir(root: str | Path, tensorboard_root: Optional[str], run_name: str) -> Path:
+    """`<tensorboard_root or root/tensorboard>/<run_name>`."""
+    base = Path(tensorboard_root) if tensorboard_root else Path(root) / "tensorboard"
+    return base / run_name
+
+
+def prediction_grid_png(images: np.ndarray, true: Sequence[int], predicted: Sequence[int],
+                        probabilities: Sequence[float], class_names: Sequence[str], columns: int = 4) -> bytes:
+    """A PNG grid of images titled 'predicted (p) / true', green when right and red when wrong."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    columns = max(1, min(columns, count))
+    rows = max(1, -(-count // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.2 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= count:
+            continue
+        image = np.clip(images[index], 0.0, 1.0)
+        axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+        right = int(predicted[index]) == int(true[index])
+        axis.set_title(f"{class_names[int(predicted[index])]} ({probabilities[index]:.2f})\ntrue: {class_names[int(true[index])]}",
+                       fontsize=8, color="green" if right else "red")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+class TrainingLogs:
+    def __init__(self, logdir: str | Path, enabled: bool = True):
+        import tensorflow as tf
+
+        self.logdir = Path(logdir)
+        if enabled:
+            self.train = tf.summary.create_file_writer(str(self.logdir / "train"))
+            self.eval = tf.summary.create_file_writer(str(self.logdir / "eval"))
+        else:
+            self.train = self.eval = tf.summary.create_noop_writer()
+
+    def scalars(self, epoch: int, train: dict, evaluation: dict, learning_rate: float) -> None:
+        """Per-epoch scalars as `epoch_<name>` in train/ and eval/ (the tags Keras's callback uses)."""
+        import tensorflow as tf
+
+        with self.train.as_default(step=epoch):
+            for name, value in train.items():
+                tf.summary.scalar(f"epoch_{name}", value)
+            tf.summary.scalar("learning_rate", learning_rate)
+        with self.eval.as_default(step=epoch):
+            for name, value in evaluation.items():
+                tf.summary.scalar(f"epoch_{name}", value)
+        self.flush()
+
+    def sample_predictions(self, epoch: int, png: bytes) -> None:
+        import tensorflow as tf
+
+        image = tf.io.decode_png(png, channels=4)[None]
+        with self.eval.as_default(step=epoch):
+            tf.summary.image("sample_predictions", image, max_outputs=1,
+                             description="Sample eval images: predicted (probability) / true class")
+        self.flush()
+
+    def graph(self, concrete_function) -> None:
+        """The model's forward graph (shown in TensorBoard's Graphs tab)."""
+        import tensorflow as tf
+
+        with self.train.as_default(step=0):
+            tf.summary.graph(concrete_function.graph)
+        self.flush()
+
+    def hparams(self, params: dict) -> None:
+        """Trial hyperparameters for the HParams dashboard (flat scalars and strings only)."""
+        from tensorboard.plugins.hparams import api as hp
+
+        flat = {k: v for k, v in params.items() if isinstance(v, (bool, int, float, str))}
+        with self.train.as_default(step=0):
+            hp.hparams(flat)
+        self.flush()
+
+    def flush(self) -> None:
+        self.train.flush()
+        self.eval.flush()
+
+    def close(self) -> None:
+        self.train.close()
+        self.eval.close()

@@ -1,0 +1,216 @@
+"""One training trial, from a config and an Examples directory to a Model directory.
+
+Independent of the runner: the train stage calls `train_trial` in its own process, or in a fresh
+one through `components.training.worker` when the devices this process already initialised
+cannot be split as `train.logical_cpu_devices` asks; a cluster manager can start the same worker
+on every machine of a multi-worker run. A sweep trains one trial per combination through here.
+
+Outputs (chief only): `model.keras` (the best epoch's weights), `history.json`, `trial.json`.
+State that survives a kill lives in `work_dir`: `backups/ckpt-<n>.*` and `best-epoch-<n>.weights.h5`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+TRIAL_FILE = "trial.json"
+
+
+@dataclass
+class TrialSpec:
+    config: dict
+    """The whole pipeline config (by alias), as `PipelineConfig.to_dict()` gives it."""
+    examples_dir: str
+    work_dir: str
+    output_dir: str
+    tensorboard_dir: str
+    name: str = "trial"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrialSpec":
+        return cls(**json.loads(text))
+
+
+def monitor_for(evaluate_metric: str, has_eval: bool) -> str:
+    """The metric that picks the best epoch: the evaluation metric on the eval split when training
+    computes it, else the eval loss (or the train loss when there is no eval split)."""
+    prefix = "val_" if has_eval else ""
+    return prefix + (evaluate_metric if evaluate_metric in ("accuracy", "loss") else "loss")
+
+
+def trial_params(config, batch_size: int, steps_per_epoch: int, placement, policy: str, jit: bool) -> dict:
+    return {
+        "model": config.model.model_dump(mode="json"),
+        "train": config.train.model_dump(mode="json"),
+        "effective_batch_size": batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "strategy": placement.kind,
+        "num_replicas": placement.num_replicas,
+        "precision": policy,
+        "jit_compile": jit,
+    }
+
+
+def flat_hparams(params: dict) -> dict:
+    train = params["train"]
+    return {
+        "model": params["model"]["name"], "loss": train["loss"], "optimizer": train["optimizer"]["name"],
+        "learning_rate": train["optimizer"]["learning_rate"], "schedule": train["optimizer"]["schedule"],
+        "batch_size": params["effective_batch_size"], "seed": train["seed"], "epochs": train["epochs"],
+        "strategy": params["strategy"], "num_replicas": params["num_replicas"], "precision": params["precision"],
+    }
+
+
+def train_trial(spec: TrialSpec, log: logging.Logger) -> dict:
+    """Train (or resume) one trial; returns the contents of trial.json. Raises loop.NonFiniteLoss,
+    backups.BackupError and strategy.DeviceSetupError for the caller to phrase."""
+    from pipeline.config import parse_config
+    from components.training.strategy import make_strategy, precision_policy, use_jit
+
+    config = parse_config(spec.config, "trial config")
+    train = config.train
+    placement = make_strategy(train.distribution, train.logical_cpu_devices)  # before any other TF op
+
+    import keras
+    previous_policy = keras.config.dtype_policy()
+    policy = precision_policy(train.mixed_precision, placement.on_gpu)
+    keras.config.set_dtype_policy(policy)
+    try:
+        return _train(spec, config, placement, policy, use_jit(train.jit_compile, placement.on_gpu), log)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logging.Logger) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from components import examples as ex
+    from components.training import builders
+    from components.training.backups import Backups, BestWeights
+    from components.training.history import Progress
+    from components.training.loop import Plan, StepFunctions, fit
+    from components.training.tensorboard import TrainingLogs, prediction_grid_png
+
+    train = config.train
+    schema = ex.read_schema(spec.examples_dir)
+    counts = schema.get("split_counts", {})
+    class_names = schema["class_names"]
+    input_shape = tuple(schema["image_size"])
+    train_size = int(counts.get("train") or sum(1 for _ in ex.iter_records(spec.examples_dir, "train")))
+    if train_size == 0:
+        raise ValueError(f"{spec.examples_dir}: the train split is empty; nothing to train on")
+    batch_size = builders.batch_size_for(train, train_size)
+    steps_per_epoch = math.ceil(train_size / batch_size)
+    has_eval = bool(ex.shard_files(spec.examples_dir, "eval")) and counts.get("eval", 1) > 0
+    monitor = monitor_for(config.evaluate.metric, has_eval)
+    params = trial_params(config, batch_size, steps_per_epoch, placement, policy, jit)
+    log.info("training %s with %s strategy (%d replica(s)), %s, jit_compile=%s, batch %d, %d steps per epoch",
+             spec.name, placement.kind, placement.num_replicas, policy, jit, batch_size, steps_per_epoch)
+
+    keras.utils.set_random_seed(train.seed)
+    strategy = placement.strategy
+    with strategy.scope():
+        model = builders.build_network(config.model, input_shape, len(class_names))
+        loss = builders.build_loss(train)
+        optimizer = builders.build_optimizer(train, steps_per_epoch, policy)
+        optimizer.build(model.trainable_variables)
+    progress = Progress()
+    objects = {"model": model, "optimizer": optimizer, "progress": progress.variable}
+    if builders.loss_variables(loss):
+        objects["loss_state"] = builders.loss_variables(loss)
+    checkpoint = tf.train.Checkpoint(**objects)
+
+    work_dir = Path(spec.work_dir)
+    backups = Backups(work_dir / "backups", checkpoint, keep=2, is_chief=placement.is_chief)
+    best = BestWeights(work_dir / "best", model, is_chief=placement.is_chief)
+    restored = backups.restore(log)
+    if restored is not None:
+        progress.load()
+        log.info("resuming from epoch %d, step %d (backup %s; %d epoch(s) done)",
+                 progress.epochs_done + 1, progress.steps_in_epoch, backups.prefix(restored).name, progress.epochs_done)
+        progress.resumes.append({"backup": restored, "epoch": progress.epochs_done + 1, "step": progress.steps_in_epoch})
+
+    logs = TrainingLogs(spec.tensorboard_dir, enabled=placement.is_chief)
+    if restored is None:
+        logs.hparams(flat_hparams(params))
+        logs.graph(tf.function(lambda x: model(x, training=False)).get_concrete_function(
+            tf.TensorSpec([None, *input_shape], tf.float32)))
+
+    def train_data(epoch: int):
+        return ex.make_dataset(spec.examples_dir, "train", batch_size, shuffle=True, seed=train.seed * 10007 + epoch,
+                               shuffle_buffer=train.shuffle_buffer)
+
+    eval_batch = max(32, min(batch_size, 256))
+
+    def eval_data():
+        return ex.make_dataset(spec.examples_dir, "eval", eval_batch)
+
+    sample_split = "test" if ex.shard_files(spec.examples_dir, "test") else "train"
+    samples = None
+    if train.num_sample_images and placement.is_chief:
+        samples = next(iter(ex.make_dataset(spec.examples_dir, sample_split, train.num_sample_images)), None)
+
+    def log_samples(epoch: int) -> None:
+        if samples is None:
+            return
+        images, targets = samples[0].numpy(), samples[1].numpy()
+        probabilities = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)).numpy()
+        png = prediction_grid_png(images, targets.argmax(-1), probabilities.argmax(-1), probabilities.max(-1), class_names)
+        logs.sample_predictions(epoch, png)
+
+    plan = Plan(epochs=train.epochs, monitor=monitor, save_freq_steps=train.save_freq_steps,
+                early_stopping_monitor=train.early_stopping.monitor if train.early_stopping.enabled else None,
+                early_stopping_patience=train.early_stopping.patience)
+    steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit)
+    try:
+        fit(steps, train_data, eval_data if has_eval else None, plan, progress, backups, best, logs, log,
+            on_epoch_end=log_samples)
+    finally:
+        logs.close()
+        backups.close()
+
+    if progress.best_weights:
+        best.load(progress.best_weights)
+        log.info("keeping the weights of epoch %d (%s = %.4g)", progress.best_epoch, monitor, progress.best_value)
+    result = {
+        "name": spec.name,
+        "params": params,
+        "class_names": class_names,
+        "input_shape": list(input_shape),
+        "monitor": monitor,
+        "best_epoch": progress.best_epoch,
+        "best_value": progress.best_value,
+        "best_metrics": progress.rows[progress.best_epoch - 1] if progress.best_epoch else None,
+        "epochs_run": progress.epochs_done,
+        "stopped_early": progress.stopped_early,
+        "resumes": progress.resumes,
+        "steps": progress.global_step,
+        "seconds": round(progress.seconds, 3),
+        "tensorboard_dir": spec.tensorboard_dir,
+    }
+    output_dir = Path(spec.output_dir) if placement.is_chief else Path(tempfile.mkdtemp(prefix="convpipe-worker-model-"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save(output_dir / MODEL_FILE)
+    (output_dir / HISTORY_FILE).write_text(json.dumps(progress.summary(monitor), indent=2, default=_json_number))
+    (output_dir / TRIAL_FILE).write_text(json.dumps(result, indent=2, default=_json_number))
+    if not placement.is_chief:
+        import shutil
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return result
+
+
+def _json_number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
