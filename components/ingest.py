@@ -243,6 +243,15 @@ def _rules(config: PipelineConfig, class_names: list[str], extras: dict) -> Reco
         split_bounds=(splits.train, splits.train + splits.eval))
 
 
+def _counter(result, name: str) -> Optional[int]:
+    """A Beam counter's committed value (None where the runner does not report metrics)."""
+    try:
+        query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace("ingest").with_name(name))
+        return sum(c.committed or 0 for c in query["counters"])
+    except Exception:  # metrics are best effort on some runners
+        return None
+
+
 def _fail_if_too_bad(out: Path, ingest, log: logging.Logger) -> dict:
     stats = json.loads((out / ex.STATS_FILE).read_text())
     lines = (out / ex.DEAD_LETTER_FILE).read_text().splitlines()
@@ -289,9 +298,12 @@ def run_ingest(ctx: ExecutionContext) -> None:
     build(pipeline, reader, items, rules, out, num_shards=ingest.num_shards, static_schema=static_schema,
           mask_class_names=mask_class_names, log=ctx.log)
     try:
-        beam_lib.run(pipeline, "ingest", ctx.log)
+        result = beam_lib.run(pipeline, "ingest", ctx.log)
     except beam_lib.BeamError as exc:
         raise StageError(str(exc)) from exc
+    read = _counter(result, "records_read")
+    if read is not None:
+        ctx.log.info("ingest: %d records read from %d items", read, len(items))
 
     summary = _fail_if_too_bad(out, ingest, ctx.log)
     schema = ex.read_schema(out)

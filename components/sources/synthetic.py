@@ -31,7 +31,9 @@ _DIRECTION_VECTORS = {  # (dx, dy) per frame unit, image coordinates (y grows do
 }
 TASKS = ("classification", "segmentation", "detection", "multitask", "video")
 ITEMS_PER_CHUNK = 64
-"""Records per Beam item: enough to amortise per-element overhead, small enough to parallelise."""
+"""Most records per Beam item: enough to amortise per-element overhead, small enough to parallelise."""
+MIN_ITEMS = 16
+"""Small datasets are cut into at least this many items, so every worker gets some."""
 
 _MIN_SHAPE_PIXELS = 4
 _MIN_CONTRAST = 0.45
@@ -211,7 +213,8 @@ class Reader:
 
     def list_items(self) -> list[tuple[int, int]]:
         total = self.source.num_examples
-        return [(start, min(start + ITEMS_PER_CHUNK, total)) for start in range(0, total, ITEMS_PER_CHUNK)]
+        chunk = max(1, min(ITEMS_PER_CHUNK, -(-total // MIN_ITEMS)))
+        return [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
 
     def read(self, item: Iterable[int]) -> Iterator[dict]:
         start, stop = item
