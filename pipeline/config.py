@@ -237,6 +237,7 @@ class EvaluateSection(Strict):
         0.0, description="Bless when metric >= served metric - tolerance.")
     target: Optional[float] = Field(None, description="Metric value for 'epochs to target' in comparisons.")
     num_sample_images: NonNegativeInt = 16
+    top_k: PositiveInt = Field(2, description="k of the top-k accuracy (capped at the number of classes).")
 
 
 class ExportSection(Strict):
