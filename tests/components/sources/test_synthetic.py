@@ -94,3 +94,37 @@ def test_reader_lists_chunks_covering_every_index_once():
     assert len(ids) == len(set(ids)) == 150
     assert reader.class_names() == ["background", "circle", "square", "triangle"]
     assert reader.fingerprint() != Reader(source.model_copy(update={"seed": 1}), IngestSection(source=source)).fingerprint()
+
+
+def test_middle_frame_position_does_not_tell_the_direction():
+    source = SyntheticSource(num_classes=4, image_size=32, num_frames=5, noise=0.0)
+    centres = {d: [] for d in range(4)}
+    for index in range(400):
+        record = synthetic_record(index, source, "video")
+        frames = record["frames"]
+        centres[record["label"]].append(_centroid(frames[2], frames[0, 0, 0].astype(float)))
+    means = np.array([np.mean(centres[d], axis=0) for d in range(4)])
+    spans = np.array([np.ptp(centres[d], axis=0) for d in range(4)])
+    # every direction puts its middle frame over the same square: same mean and spread (100 clips each)
+    assert np.abs(means - means.mean(axis=0)).max() < 1.0, means
+    assert np.abs(spans - spans.mean(axis=0)).max() < 2.0, spans
+
+
+@pytest.mark.slow
+def test_a_small_cnn_learns_the_shapes_at_32px():
+    import keras
+
+    source = SyntheticSource(num_classes=3, image_size=32)
+    records = [synthetic_record(i, source, "classification") for i in range(1200)]
+    x = np.stack([r["image"] for r in records]).astype("float32") / 255.0
+    y = np.array([r["label"] for r in records])
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32, 32, 3))] + [
+        layer for filters in (32, 64, 64) for layer in (
+            keras.layers.Conv2D(filters, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D())
+    ] + [keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x[:900], y[:900], epochs=12, batch_size=32, verbose=0)
+    _, accuracy = model.evaluate(x[900:], y[900:], verbose=0)
+    assert accuracy > 0.95
