@@ -3,10 +3,12 @@
 One builder, `video`, takes clips [T, H, W, C] and returns logits; `fusion` says how the frames meet:
 
 - `single_frame`: a 2D CNN on the middle frame. The baseline: it sees no motion at all.
-- `late`: the same 2D tower (one set of weights) on the first and the last frame; the two feature
-  maps meet only in the first dense layer, which can compare where things are at either end.
+- `late`: the same 2D tower (the same layers, one set of weights) on the first and the last
+  frame; the two feature maps meet only in the first dense layer, which can compare where things
+  are at either end.
 - `early`: the first convolution spans all T frames (temporal extent T, valid in time), so motion
-  is read from raw pixels once; everything above it is 2D.
+  is read from raw pixels once; the blocks above it have temporal extent 1 (2D convolutions kept
+  in the 3D layout, so early and slow differ only in their temporal plan).
 - `slow`: 3D convolutions with a small temporal extent and temporal stride, stacked so that each
   layer sees more frames and the top layer sees all of them (see `slow_fusion_schedule`).
 - `conv3d`: a plain 3D CNN, Conv3D + MaxPooling3D blocks; pooling strides through time, height
@@ -69,12 +71,6 @@ def _pool(size: int) -> int:
     return 2 if size >= 2 else 1
 
 
-def _conv_block_2d(x, filters: int, kernel_size: int, name: str):
-    x = keras.layers.Conv2D(filters, kernel_size, padding="same", activation="relu", name=f"{name}_conv")(x)
-    height, width = x.shape[1], x.shape[2]
-    return keras.layers.MaxPooling2D((_pool(height), _pool(width)), name=f"{name}_pool")(x)
-
-
 def _conv_block_3d(x, filters: int, kernel_size: int, temporal_kernel: int, temporal_stride: int, name: str):
     """Conv3D valid in time (extent `temporal_kernel`), 'same' in space, then 2x2 spatial pooling."""
     height, width = x.shape[2], x.shape[3]
@@ -86,13 +82,29 @@ def _conv_block_3d(x, filters: int, kernel_size: int, temporal_kernel: int, temp
     return keras.layers.MaxPooling3D((1, _pool(height), _pool(width)), name=f"{name}_pool")(x)
 
 
-def _frame_tower(frame_shape, filters: Sequence[int], kernel_size: int) -> keras.Model:
-    """The 2D CNN shared by single-frame and late fusion: conv blocks, then Flatten."""
-    frame = keras.Input(frame_shape, name="frame")
-    x = frame
-    for i, count in enumerate(filters):
-        x = _conv_block_2d(x, count, kernel_size, f"tower_block{i + 1}")
-    return keras.Model(frame, keras.layers.Flatten(name="tower_flatten")(x), name="frame_tower")
+def _temporal_stack(clips, filters: Sequence[int], kernel_size: int, plan: Sequence[tuple[int, int]]):
+    """3D conv blocks following a temporal plan of (kernel, stride) per block, then Flatten."""
+    x = clips
+    for i, (count, (kernel, stride)) in enumerate(zip(filters, plan), start=1):
+        x = _conv_block_3d(x, count, kernel_size, kernel, stride, f"block{i}")
+    return keras.layers.Flatten(name="flatten")(x)
+
+
+def _frame_tower(frame, filters: Sequence[int], kernel_size: int):
+    """The 2D CNN of single-frame and late fusion on one frame -> (features, its layers in order).
+
+    The layers are returned so that late fusion can apply the very same layers (one set of
+    weights) to its second frame.
+    """
+    layers, x = [], frame
+    for i, count in enumerate(filters, start=1):
+        conv = keras.layers.Conv2D(count, kernel_size, padding="same", activation="relu", name=f"tower_block{i}_conv")
+        x = conv(x)
+        pool = keras.layers.MaxPooling2D((_pool(x.shape[1]), _pool(x.shape[2])), name=f"tower_block{i}_pool")
+        x = pool(x)
+        layers += [conv, pool]
+    flatten = keras.layers.Flatten(name="tower_flatten")
+    return flatten(x), layers + [flatten]
 
 
 def _head(features, num_classes: int, dense_units: int, dropout: float):
@@ -106,33 +118,28 @@ def _head(features, num_classes: int, dense_units: int, dropout: float):
 # the fusions: clips -> features
 # ------------------------------------------------------------------------------------------------
 def _single_frame(clips, filters, kernel_size, **_):
-    middle = clips.shape[1] // 2
-    tower = _frame_tower(clips.shape[2:], filters, kernel_size)
-    return tower(SelectFrame(middle, name="middle_frame")(clips))
+    middle = SelectFrame(clips.shape[1] // 2, name="middle_frame")(clips)
+    features, _ = _frame_tower(middle, filters, kernel_size)
+    return features
 
 
 def _late(clips, filters, kernel_size, **_):
-    tower = _frame_tower(clips.shape[2:], filters, kernel_size)
-    first = tower(SelectFrame(0, name="first_frame")(clips))
-    last = tower(SelectFrame(-1, name="last_frame")(clips))
+    first, tower = _frame_tower(SelectFrame(0, name="first_frame")(clips), filters, kernel_size)
+    last = SelectFrame(-1, name="last_frame")(clips)
+    for layer in tower:
+        last = layer(last)
     return keras.layers.Concatenate(name="late_merge")([first, last])
 
 
 def _early(clips, filters, kernel_size, **_):
-    frames = clips.shape[1]
-    x = _conv_block_3d(clips, filters[0], kernel_size, frames, 1, "block1")
-    x = keras.layers.Reshape(x.shape[2:], name="drop_time")(x)  # time is 1 now
-    for i, count in enumerate(filters[1:], start=2):
-        x = _conv_block_2d(x, count, kernel_size, f"block{i}")
-    return keras.layers.Flatten(name="flatten")(x)
+    """Slow fusion's blocks with all of time in the first: plan [(T, 1), (1, 1), ...]."""
+    plan = [(clips.shape[1], 1)] + [(1, 1)] * (len(filters) - 1)
+    return _temporal_stack(clips, filters, kernel_size, plan)
 
 
 def _slow(clips, filters, kernel_size, temporal_kernel, temporal_stride, **_):
     plan = slow_fusion_schedule(clips.shape[1], len(filters), temporal_kernel, temporal_stride)
-    x = clips
-    for i, (count, (kernel, stride)) in enumerate(zip(filters, plan), start=1):
-        x = _conv_block_3d(x, count, kernel_size, kernel, stride, f"block{i}")
-    return keras.layers.Flatten(name="flatten")(x)
+    return _temporal_stack(clips, filters, kernel_size, plan)
 
 
 def _conv3d(clips, filters, kernel_size, **_):

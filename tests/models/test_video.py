@@ -68,8 +68,8 @@ def test_late_fusion_towers_share_one_set_of_weights():
     tower = (1 * 9 * 4 + 4)  # one conv, 8x8 -> pool -> 4x4x4 = 64 features per frame
     assert single.count_params() == tower + (64 * 8 + 8) + (8 * 2 + 2) == 578
     assert late.count_params() == tower + (2 * 64 * 8 + 8) + (8 * 2 + 2) == 1090
-    towers = [layer for layer in late.layers if layer.name == "frame_tower"]
-    assert len(towers) == 1 and len(towers[0]._inbound_nodes) == 2
+    convs = [layer for layer in late.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [len(layer._inbound_nodes) for layer in convs] == [2], "one conv layer, applied to both frames"
     conv_kernels = [w for w in late.weights if w.path.endswith("kernel") and len(w.shape) == 4]
     assert len(conv_kernels) == 1
 
@@ -94,10 +94,10 @@ def test_single_frame_sees_the_middle_frame_only():
 
 def test_early_fusion_first_convolution_spans_all_frames():
     model = build_model("video", (6, SIDE, SIDE, 1), 2, fusion="early", **TINY)
-    first = model.get_layer("block1_conv")
-    assert first.kernel_size == (6, 3, 3)
-    assert first.output.shape[1] == 1
-    assert temporal_trace(model)[-1][1:] == (1, 6)
+    assert model.get_layer("block1_conv").kernel_size == (6, 3, 3)
+    assert model.get_layer("block2_conv").kernel_size == (1, 3, 3)
+    assert [(n, s, f) for n, s, f in temporal_trace(model) if n.endswith("_conv")] == [
+        ("block1_conv", 1, 6), ("block2_conv", 1, 6)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,6 +134,30 @@ def test_conv3d_pools_through_time_height_and_width():
     model = build_model("video", (8, 16, 16, 1), 2, fusion="conv3d", filters=(4, 4, 4), dense_units=8)
     shapes = [tuple(model.get_layer(f"block{i}_pool").output.shape[1:4]) for i in (1, 2, 3)]
     assert shapes == [(4, 8, 8), (2, 4, 4), (1, 2, 2)]
+
+
+@pytest.mark.parametrize("fusion", ["early", "slow", "conv3d"])
+def test_describe_model_prints_time_height_width_matching_keras(fusion):
+    from models.describe import describe_model, format_table
+
+    model_rows = describe_model("video", (8, 16, 16, 1), 2, {"fusion": fusion, "filters": [4, 4, 4], "dense_units": 8})
+    model = build_model("video", (8, 16, 16, 1), 2, fusion=fusion, filters=[4, 4, 4], dense_units=8)
+    for row in model_rows:
+        if row["output_size"]:
+            assert row["output_size"] == tuple(model.get_layer(row["name"]).output.shape[1:4]), row["name"]
+    (top,) = [row for row in model_rows if row["name"] == "block3_pool"]
+    assert top["output_size"][0] == 1
+    assert top["receptive_field"][0] >= 8, "the top layer sees every frame"
+    assert "8x16x16" in format_table(model_rows)
+
+
+@pytest.mark.xfail(raises=ValueError, reason="models/describe.py has no rule yet for SelectFrame (drops the time axis)")
+@pytest.mark.parametrize("fusion", ["single_frame", "late"])
+def test_describe_model_handles_frame_selection(fusion):
+    from models.describe import describe_model
+
+    rows = describe_model("video", (8, 16, 16, 1), 2, {"fusion": fusion, "filters": [4], "dense_units": 8})
+    assert [row["output_size"] for row in rows if row["name"] == "tower_block1_pool"] == [(8, 8)]
 
 
 # ------------------------------------------------------------------------------------------------
