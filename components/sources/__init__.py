@@ -7,6 +7,14 @@ Each source module defines a `Reader(source_config, ingest_config)` with:
                                   components.examples.RecordError naming the item for bad input
   fingerprint() -> str            changes when the data changes (file list, sizes, mtimes; or the config)
   schema_extras() -> dict         extra fields for schema.json (e.g. num_frames, length rule)
+
+The Reader is pickled and shipped to Beam workers, so keep open handles out of its state (or drop
+them in __getstate__). schema_extras keys that ingest and validate act on:
+  num_frames: int                 frames per clip (video)
+  mask_class_names: list[str]     mask ids' names when they differ from class_names (multitask)
+  ignore_value: int               a mask id allowed besides 0..num_mask_classes-1 (e.g. 255)
+A source module may define TASKS = ("classification", ...): ingest's config check then refuses
+other values of ingest.task before anything runs.
 """
 from __future__ import annotations
 
