@@ -155,6 +155,8 @@ def folder_with_bad_files(tmp_path):
         for i in range(4):
             (root / name / f"{i}.png").write_bytes(_png(colour))
         (root / name / "extra.jpg").write_bytes(_jpeg(colour))
+    Image.new("P", (10, 10), 3).save(root / "cat" / "palette.gif")
+    Image.new("L", (10, 10), 77).save(root / "dog" / "grey.bmp")
     (root / "dog" / "truncated.jpg").write_bytes(_jpeg((1, 2, 3), (64, 64))[:300])
     (root / "cat" / "notes.png").write_text("this is not an image\n")
     (root / "cat" / "readme.txt").write_text("skipped: not an image extension\n")
@@ -175,10 +177,12 @@ def test_bad_images_go_to_the_dead_letter_and_the_rest_is_ingested(tmp_path, fol
     assert "truncated" in by_item["truncated.jpg"]["reason"].lower()
     assert "cannot identify image" in by_item["notes.png"]["reason"]
     ids = set().union(*ids_by_split(out).values())
-    assert ids == {f"{c}/{i}.png" for c in ("cat", "dog") for i in range(4)} | {"cat/extra.jpg", "dog/extra.jpg"}
+    assert ids == {f"{c}/{i}.png" for c in ("cat", "dog") for i in range(4)} | {"cat/extra.jpg", "dog/extra.jpg", "cat/palette.gif", "dog/grey.bmp"}
     assert ex.read_schema(out)["class_names"] == ["cat", "dog"]
     labels = {r["id"]: r["label"] for s in ex.SPLITS for r in ex.iter_records(out, s)}
     assert labels["dog/0.png"] == 1 and labels["cat/3.png"] == 0
+    grey = next(r for s in ex.SPLITS for r in ex.iter_records(out, s) if r["id"] == "dog/grey.bmp")
+    assert grey["image"].shape == (10, 10, 3) and (grey["image"] == 77).all()  # decoded to RGB
     assert ctx.properties["examples"]["num_bad"] == 2
 
 
@@ -186,7 +190,7 @@ def test_any_bad_image_fails_when_max_bad_fraction_is_zero(tmp_path, folder_with
     with pytest.raises(StageError) as error:
         run_stage(tmp_path, _folder_config(folder_with_bad_files, 0.0))
     message = str(error.value)
-    assert "2 of 12 records are bad" in message and "ingest.max_bad_fraction=0" in message
+    assert "2 of 14 records are bad" in message and "ingest.max_bad_fraction=0" in message
     assert "truncated.jpg" in message and "notes.png" in message
 
 
