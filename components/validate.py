@@ -196,8 +196,10 @@ def scan(examples_dir: Path, schema: dict, found: _Collector) -> tuple[dict[str,
 
 def dataset_checks(schema: dict, counts: dict[str, int], classes: dict[str, Counter], section, found: _Collector):
     for split, count in counts.items():
-        if count == 0:
-            found.add("empty_split", f"split '{split}' has no records", split)
+        fraction = schema.get("splits", {}).get(split)
+        if count == 0 and (fraction is None or fraction > 0):  # a split asked for, yet empty
+            found.add("empty_split", f"split '{split}' has no records"
+                      + (f" (ingest.splits.{split}={fraction:g})" if fraction is not None else ""), split)
         promised = schema.get("split_counts", {}).get(split)
         if promised is not None and promised != count:
             found.add("split_count", f"schema.json says {promised} records, the shards hold {count}", split)

@@ -111,6 +111,14 @@ def test_every_record_level_anomaly_is_found(tmp_path):
     assert anomalies.dataset_anomaly_info.reason[0].type == anomalies_pb2.AnomalyInfo.DATASET_LOW_NUM_EXAMPLES
 
 
+def test_a_split_set_to_zero_may_be_empty(tmp_path):
+    schema = {**multitask_schema(_features()), "splits": {"train": 0.8, "eval": 0.2, "test": 0.0}}
+    root = write_examples(tmp_path / "ex", {"train": good_multitask(6), "eval": good_multitask(2, 6), "test": []},
+                          schema)
+    document, _ = run(root, tmp_path)
+    assert document["anomalies"] == []
+
+
 def test_dataset_level_anomalies(tmp_path):
     def classification(i, label):
         record = synthetic_record(i, SOURCE, "classification")
