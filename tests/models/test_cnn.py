@@ -15,6 +15,7 @@ def test_default_network_outputs_float32_logits_with_readable_names():
     assert names[-2:] == ["global_avg_pool", "logits"]
     assert model.get_layer("block2_pool").output.shape == (None, 7, 7, 32)   # overlapping 3/2 on 16 -> 7
     assert model(np.zeros((2, 32, 32, 3), "float32")).dtype == "float32"
+    assert model.get_layer("block1_bn").momentum == 0.9     # moving statistics that settle in short runs
 
 
 def test_parameter_count_by_hand():
@@ -70,6 +71,7 @@ def test_dilation_and_flatten():
     ({"blocks": [{"filters": 4, "activation": "nope"}]}, "blocks[0].activation='nope'"),
     ({"head": "mlp"}, "head='mlp'"),
     ({"dropout": 1.0}, "dropout=1.0"),
+    ({"bn_momentum": 1}, "bn_momentum=1"),
     ({"widht": 3}, "unknown parameter(s) ['widht']"),
     ({"head": "conv1x1", "global_pool": "flatten"}, "flatten needs 1x1"),
 ])
