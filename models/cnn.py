@@ -131,12 +131,12 @@ def parse_block(index: int, raw: Any) -> Block:
 
 def _activation(check: _Checker, name: Any) -> str:
     try:
-        keras.activations.get(name)
+        if isinstance(name, str):
+            keras.activations.get(name)
+            return name
     except (ValueError, TypeError):
-        check.fail("activation", name, "a Keras activation name such as 'relu'")
-    if not isinstance(name, str):
-        check.fail("activation", name, "a Keras activation name such as 'relu'")
-    return name
+        pass
+    check.fail("activation", name, "a Keras activation name such as 'relu'")
 
 
 def check_sizes(input_shape, blocks: list[Block]) -> arithmetic.Geometry:
