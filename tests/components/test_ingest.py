@@ -213,6 +213,7 @@ def test_check_refuses_a_task_the_source_cannot_provide(folder_with_bad_files):
 # ------------------------------------------------------------------------------------------------
 # multi-processing DirectRunner
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # two worker processes each import TensorFlow: 5 to 25 s here
 def test_multi_processing_writes_the_same_examples(tmp_path, classification):
     out, _ = classification
     config = json.loads(json.dumps(SYNTHETIC))
