@@ -80,7 +80,7 @@ def executor(ctx: ExecutionContext) -> None:
 def train_in_subprocess(spec, log) -> dict:
     """Run `components.training.worker` on `spec`, forwarding its log lines; returns trial.json."""
     import json
-    from components.training.trial import TRIAL_FILE
+    from components.model_artifact import TRIAL_FILE
     from components.training.worker import ERROR_PREFIX, LOG_PREFIX
 
     spec_path = Path(spec.work_dir) / "trial_spec.json"

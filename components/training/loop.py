@@ -53,6 +53,9 @@ class StepFunctions:
         self.metric_sums = metric_sums
         sum_op = tf.distribute.ReduceOp.SUM
 
+        # A stateful loss (automated focal) offers a twin that reads its state without moving it.
+        eval_loss_fn = loss_fn.for_evaluation() if hasattr(loss_fn, "for_evaluation") else loss_fn
+
         def losses_on(x, y, training):
             context = tf.distribute.get_replica_context()
             count = tf.cast(tf.shape(_first(y))[0], tf.float32)
@@ -61,7 +64,8 @@ class StepFunctions:
             logits = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), logits)
             # A Keras loss divides its batch mean by the number of replicas (scale_loss_for_distribution,
             # so that summed gradients average); undo that and weight by this replica's share instead.
-            mean_loss = tf.cast(loss_fn(y, logits), tf.float32) * strategy.num_replicas_in_sync
+            loss = (loss_fn if training else eval_loss_fn)(y, logits)
+            mean_loss = tf.cast(loss, tf.float32) * strategy.num_replicas_in_sync
             return logits, mean_loss, count, global_count
 
         def replica_train(x, y):

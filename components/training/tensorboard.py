@@ -7,44 +7,14 @@ Only the chief writes; other workers get no-op writers.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
-from typing import Optional, Sequence
-
-import numpy as np
+from typing import Optional
 
 
 def tensorboard_dir(root: str | Path, tensorboard_root: Optional[str], run_name: str) -> Path:
     """`<tensorboard_root or root/tensorboard>/<run_name>`."""
     base = Path(tensorboard_root) if tensorboard_root else Path(root) / "tensorboard"
     return base / run_name
-
-
-def prediction_grid_png(images: np.ndarray, true: Sequence[int], predicted: Sequence[int],
-                        probabilities: Sequence[float], class_names: Sequence[str], columns: int = 4) -> bytes:
-    """A PNG grid of images titled 'predicted (p) / true', green when right and red when wrong."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    count = len(images)
-    columns = max(1, min(columns, count))
-    rows = max(1, -(-count // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.2 * rows), squeeze=False)
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index >= count:
-            continue
-        image = np.clip(images[index], 0.0, 1.0)
-        axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
-        right = int(predicted[index]) == int(true[index])
-        axis.set_title(f"{class_names[int(predicted[index])]} ({probabilities[index]:.2f})\ntrue: {class_names[int(true[index])]}",
-                       fontsize=8, color="green" if right else "red")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return buffer.getvalue()
 
 
 class TrainingLogs:

@@ -17,9 +17,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-MODEL_FILE = "model.keras"
-HISTORY_FILE = "history.json"
-TRIAL_FILE = "trial.json"
+from components.model_artifact import HISTORY_FILE, MODEL_FILE, TRIAL_FILE
 
 
 @dataclass
@@ -99,7 +97,8 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     from components.training.backups import Backups, BestWeights
     from components.training.history import Progress
     from components.training.loop import Plan, StepFunctions, fit
-    from components.training.tensorboard import TrainingLogs, prediction_grid_png
+    from components.report import prediction_grid_png
+    from components.training.tensorboard import TrainingLogs
 
     train = config.train
     schema = ex.read_schema(spec.examples_dir)
