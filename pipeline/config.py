@@ -199,12 +199,21 @@ class EarlyStopping(Strict):
 
 
 class MultitaskSection(Strict):
-    heads: list[str] = Field(default_factory=list)
+    heads: list[str] = Field(
+        default_factory=list,
+        description="Heads to build and train; when non-empty it replaces model.params.heads (one head: a "
+                    "single-task baseline on the same backbone).")
     weighting: Literal["static", "uncertainty"] = "static"
     weights: dict[str, float] = Field(default_factory=dict)
     schedule: Literal["joint", "alternating", "consecutive"] = "joint"
     ratio: dict[str, PositiveInt] = Field(default_factory=dict, description="alternating: steps per task.")
     epochs_per_task: dict[str, PositiveInt] = Field(default_factory=dict, description="consecutive: epochs per task.")
+    losses: dict[str, str] = Field(
+        default_factory=dict,
+        description="Head -> registered loss name for classification (e.g. focal) and segmentation (pixel_focal) "
+                    "heads; a head not named uses cross-entropy (detection: focal + Huber, regression: MSE).")
+    loss_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Head -> keyword arguments for its loss in `losses`.")
 
 
 class TrainSection(Strict):
