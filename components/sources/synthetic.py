@@ -158,15 +158,17 @@ def _video_record(rng: np.random.Generator, source, direction: int) -> dict:
     travel = _VIDEO_TRAVEL * side
     size = min(_shape_side(rng, source, side), max(_MIN_SHAPE_PIXELS, int(side - travel - 2)))
     shape = SHAPES[int(rng.integers(0, source.num_classes))]
-    # The middle frame's centre is uniform over one square for every direction: position says nothing.
-    margin = size / 2 + travel / 2
-    middle = rng.uniform(margin, max(margin, side - margin), 2)
+    # Frame T//2 (the one a single-frame model sees) is centred uniformly over one square for every
+    # direction, so its position says nothing of the motion; for even T a centre between two frames
+    # would shift that frame half a step along the motion and give the direction away.
     dx, dy = _DIRECTION_VECTORS[DIRECTIONS[direction]]
     step = travel / max(1, frames - 1)
+    margin = size / 2 + (frames // 2) * step
+    middle = rng.uniform(margin, max(margin, side - margin), 2)
     background, (colour,) = _colours(rng, 1)
     clip = []
     for t in range(frames):
-        offset = (t - (frames - 1) / 2) * step
+        offset = (t - frames // 2) * step
         inside = shape_mask(shape, middle[0] + dx * offset, middle[1] + dy * offset, size, side, side)
         clip.append(_render(rng, background, [(inside, colour)], side, side, source.noise))
     return {"frames": np.stack(clip), "label": direction}
