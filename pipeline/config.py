@@ -298,7 +298,9 @@ def _describe_error(err: dict) -> str:
         expected = "a number"
     elif kind.startswith("bool"):
         expected = "true or false"
-    elif kind in ("literal_error", "union_tag_invalid", "union_tag_not_found"):
+    elif kind == "union_tag_not_found":
+        expected = f"an object with a {ctx.get('discriminator', 'name')} key choosing its kind"
+    elif kind in ("literal_error", "union_tag_invalid"):
         expected = err["msg"].replace("Input should be ", "one of ").replace("Input tag", "tag")
     elif kind == "missing":
         return f"{path}: required key is missing"
@@ -368,10 +370,14 @@ def apply_override(data: dict, assignment: str) -> dict:
     data = copy.deepcopy(data)
     node = data
     parts = key.split(".")
+    defaults = PipelineConfig().to_dict()
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
+        defaults = defaults.get(part) if isinstance(defaults, dict) else None
         if child is None:
-            child = node[part] = {}
+            # Keep the default's `name` (the discriminator of sources), so `--set ingest.source.seed=1`
+            # still means the default synthetic source.
+            child = node[part] = {"name": defaults["name"]} if isinstance(defaults, dict) and "name" in defaults else {}
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a section (it holds {json.dumps(child)})")
         node = child
