@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -280,8 +280,13 @@ class PipelineConfig(Strict):
 # --------------------------------------------------------------------------------------------
 # loading, overriding, errors
 # --------------------------------------------------------------------------------------------
+_SOURCE_TAGS = {model.model_fields["name"].default for model in get_args(get_args(Source)[0])}
+
+
 def _describe_error(err: dict) -> str:
-    path = ".".join(str(p) for p in err["loc"] if p not in ("function-after",)) or "<root>"
+    loc = [p for i, p in enumerate(err["loc"])  # drop the union tag pydantic puts after `source`
+           if p not in ("function-after",) and not (i and err["loc"][i - 1] == "source" and p in _SOURCE_TAGS)]
+    path = ".".join(str(p) for p in loc) or "<root>"
     path = path.replace("validate_", "validate")
     received = err.get("input")
     kind = err["type"]
@@ -315,6 +320,9 @@ def _field_lower_bound(loc: tuple) -> Optional[str]:
     field = None
     for part in loc:
         fields = getattr(model, "model_fields", None)
+        if not fields and part in _SOURCE_TAGS:   # the union tag: continue in that source's model
+            model = next(m for m in get_args(get_args(Source)[0]) if m.model_fields["name"].default == part)
+            continue
         if not fields:
             return None
         field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
