@@ -18,13 +18,15 @@ is imported or executed), by these rules:
    `f"models.{name}"`). Only modules that exist on disk are taken, so other strings are ignored;
    short strings in ordinary modules (a split named `"train"`) never count.
 
-Non-Python files (templates, data) are not covered. The hash is over module names and file bytes,
+A stage defined outside the project packages (a plugin, a test's fake stages) is versioned by its
+own file plus the project modules it imports. Non-Python files (templates, data) are not covered. The hash is over module names and file bytes,
 so it is the same on every machine with the same sources.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -63,9 +65,19 @@ class CodeIndex:
         """Names of the project modules `module` imports (rules 1 to 3 of the module docstring)."""
         return set(_imports(self, module.name, module.path, module.is_package, module.path.stat().st_mtime_ns))
 
+    def outside(self, name: str) -> Optional[ModuleFile]:
+        """A module outside the project packages (a plugin, a test's stages), found where Python finds it."""
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return None
+        return ModuleFile(name, Path(spec.origin), spec.submodule_search_locations is not None)
+
     def closure(self, name: str) -> dict[str, Path]:
         """`name` and every project module it imports transitively, name -> file."""
-        start = self.find(name)
+        start = self.find(name) or self.outside(name)
         if start is None:
             return {}
         seen = {start.name: start}

@@ -25,6 +25,7 @@ import logging
 import shutil
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -217,10 +218,11 @@ class Runner:
 
     # -------------------------------------------------------------------------------- running
     def run(self, from_stage: Optional[str] = None, to_stage: Optional[str] = None, force: bool = False,
-            wait: bool = False) -> RunResult:
+            wait: bool = False, locked: bool = False) -> RunResult:
+        """Runs the selected stages; `locked=True` when the caller already holds the root's RootLock."""
         selected, upstream = self.select(from_stage, to_stage)
         self.check()
-        with RootLock(self.root, wait=wait), MetadataStore(self.root) as store:
+        with (nullcontext() if locked else RootLock(self.root, wait=wait)), MetadataStore(self.root) as store:
             cleaned = self._recover(store)
             options = {"from": from_stage, "to": to_stage, "force": force}
             run_id = store.start_run(self.config.to_dict(), self.argv, options)

@@ -1,0 +1,432 @@
+"""`convpipe`: run the pipeline, read its history, check its config, look at its models.
+
+    convpipe run [--config F] [--set key=value]... [--root DIR] [--from S] [--to S] [--force] [--wait]
+    convpipe runs [--json]                 one line per run: id, start, state, stages run or cached
+    convpipe show [RUN] [--json]           executions, why each ran or was reused, artifacts, lineage
+    convpipe config schema [--output F]    JSON Schema generated from the config models
+    convpipe config check FILE             validate a config (and every stage's checks) without running
+    convpipe tensorboard                   TensorBoard on every run's logs
+    convpipe predict --model DIR/NAME [--version V] [--heatmap OUT] IMAGE...
+    convpipe describe-model [--config C]   per-layer sizes and receptive fields by the formula
+
+`--config` defaults to ./pipeline_config.json when it exists, else the built-in defaults; `--root`
+(every command) overrides `pipeline.root`. A relative root is relative to the current directory.
+
+Exit codes (documented for cron and schedulers):
+    0   success
+    1   a stage failed, or the run could not go on (the error is printed and recorded)
+    2   invalid configuration or command line (nothing ran)
+    75  another run holds the root's lock (EX_TEMPFAIL: try again later, or pass --wait)
+    130 / 143  interrupted by SIGINT / SIGTERM (the running execution is recorded FAILED)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional, Sequence
+
+from pipeline.config import ConfigError, PipelineConfig, json_schema, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+DEFAULT_CONFIG = "pipeline_config.json"
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _config_path(args) -> Optional[str]:
+    if getattr(args, "config", None):
+        return args.config
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
+
+
+def load(args) -> PipelineConfig:
+    """The config named by --config (or the default) with --set overrides and --root applied."""
+    config = load_config(_config_path(args), getattr(args, "set", None) or [])
+    if getattr(args, "root", None):
+        config.pipeline.root = args.root
+    return config
+
+
+def _root(args) -> Path:
+    return Path(args.root) if args.root else Path(load(args).pipeline.root)
+
+
+def _time(seconds: Optional[float]) -> Optional[str]:
+    return datetime.fromtimestamp(seconds).isoformat(sep=" ", timespec="seconds") if seconds else None
+
+
+def _duration(start: Optional[float], end: Optional[float]) -> str:
+    return f"{end - start:.1f} s" if start and end else "-"
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _setup_console_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    level = logging.DEBUG if verbose else logging.INFO
+    handler.addFilter(lambda r: r.name.startswith("convpipe") or r.levelno >= logging.WARNING)
+    handler.setLevel(level)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("convpipe").setLevel(level)
+
+
+def _raise_interrupted(signum, frame):
+    from pipeline.runner import Interrupted
+    raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+
+# ------------------------------------------------------------------------------------ run
+def cmd_run(args, stages=None) -> int:
+    from pipeline.lock import RootLock
+    from pipeline.runner import Interrupted, Runner
+
+    config = load(args)
+    root = Path(config.pipeline.root)
+    _setup_console_logging(args.verbose)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        with RootLock(root, wait=args.wait):
+            if stages is None:
+                os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+                from components import load_stages
+                stages = load_stages()
+            runner = Runner(config, stages, root, argv=["convpipe", *args.argv])
+            result = runner.run(args.from_stage, args.to_stage, force=args.force, locked=True)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+    except Interrupted:
+        print("interrupted by SIGTERM", file=sys.stderr)
+        return EXIT_SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        for outcome in result.outcomes:
+            print(f"{outcome.stage:<10} {outcome.state:<9} {outcome.seconds:7.1f} s  {outcome.reason.get('summary', '')}")
+            if outcome.error:
+                print(f"{'':<10} error: {outcome.error}")
+        print(f"run {result.run_id} {result.state}" + (f": {result.error}" if result.error else "")
+              + f" (log: {result.log_file})")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+# ------------------------------------------------------------------------------- runs, show
+def _open_store(root: Path):
+    from pipeline.metadata import MetadataStore
+    return MetadataStore(root, create=False)
+
+
+def runs_summary(root: Path) -> list[dict]:
+    """Every run under `root`: id, times, state, and what each stage did."""
+    with _open_store(root) as store:
+        summary = []
+        for run in store.runs():
+            executions = store.executions(run.id)
+            stages = [{"stage": e.stage, "state": e.state, "execution_id": e.id,
+                       "reused_execution_id": e.reused_execution_id, "why": e.reason.get("summary")}
+                      for e in executions]
+            summary.append({
+                "id": run.id, "started": _time(run.started), "ended": _time(run.ended), "state": run.state,
+                "error": run.error, "argv": run.argv, "options": run.options, "stages": stages,
+                "ran": [s["stage"] for s in stages if s["state"] in ("COMPLETE", "FAILED", "RUNNING", "ABANDONED")],
+                "cached": [s["stage"] for s in stages if s["state"] == "CACHED"],
+                "skipped": [s["stage"] for s in stages if s["state"] == "SKIPPED"],
+                "seconds": round(run.ended - run.started, 3) if run.ended else None})
+        return summary
+
+
+_VERB = {"COMPLETE": "ran", "CACHED": "cached", "SKIPPED": "skipped", "FAILED": "FAILED",
+         "RUNNING": "running", "ABANDONED": "abandoned"}
+
+
+def cmd_runs(args) -> int:
+    root = _root(args)
+    try:
+        summary = runs_summary(root)
+    except FileNotFoundError:
+        summary = []
+    if args.json:
+        _print_json(summary)
+        return EXIT_OK
+    if not summary:
+        print(f"no runs under {root.resolve()}")
+    for run in summary:
+        stages = " ".join(f"{s['stage']}={_VERB.get(s['state'], s['state'])}" for s in run["stages"])
+        seconds = f"{run['seconds']:.1f} s" if run["seconds"] is not None else "-"
+        print(f"{run['id']:>4}  {run['started']}  {run['state']:<9} {seconds:>9}  {stages}")
+    return EXIT_OK
+
+
+def run_details(root: Path, run_id: Optional[int]) -> dict:
+    """One run with its executions, parameters, reasons, and each artifact's producer (lineage)."""
+    with _open_store(root) as store:
+        run_id = run_id if run_id is not None else store.latest_run_id()
+        if run_id is None:
+            raise KeyError(f"no runs under {root}")
+        run = store.run(run_id)
+
+        def artifact(name, a):
+            producer = store.producer(a.id)
+            return {"name": name, "id": a.id, "type": a.type, "uri": str(a.uri), "fingerprint": a.fingerprint,
+                    "properties": dict(a.properties),
+                    "produced_by": {"execution_id": producer.id, "stage": producer.stage, "run_id": producer.run_id}
+                    if producer else None}
+
+        executions = []
+        for e in store.executions(run_id):
+            executions.append({
+                "id": e.id, "stage": e.stage, "state": e.state, "why": e.reason.get("summary"),
+                "reason": e.reason, "reused_execution_id": e.reused_execution_id, "params": e.params,
+                "cache_key": e.cache_key, "code_version": e.code_version,
+                "external_fingerprint": e.external_fingerprint, "error": e.error, "traceback": e.traceback,
+                "started": _time(e.started), "ended": _time(e.ended),
+                "seconds": round(e.ended - e.started, 3) if e.ended else None,
+                "inputs": [artifact(n, a) for n, a in store.inputs(e.id).items()],
+                "outputs": [artifact(n, a) for n, a in store.outputs(e.id).items()]})
+        return {"run": {"id": run.id, "started": _time(run.started), "ended": _time(run.ended), "state": run.state,
+                        "error": run.error, "argv": run.argv, "options": run.options, "pid": run.pid,
+                        "host": run.host, "config": run.config},
+                "executions": executions}
+
+
+def cmd_show(args) -> int:
+    root = _root(args)
+    try:
+        details = run_details(root, args.run)
+    except (FileNotFoundError, KeyError) as exc:
+        print(f"show: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        _print_json(details)
+        return EXIT_OK
+    run = details["run"]
+    print(f"run {run['id']}  {run['state']}  started {run['started']}  ended {run['ended'] or '-'}")
+    print(f"  command: {' '.join(run['argv'])}")
+    if run["error"]:
+        print(f"  error: {run['error']}")
+    for e in details["executions"]:
+        print(f"\n{e['stage']}  execution {e['id']}  {e['state']}  {e['seconds'] or 0:.1f} s")
+        print(f"  why: {e['why']}")
+        if e["error"]:
+            print(f"  error: {e['error']}")
+        params = json.dumps(e["params"], sort_keys=True)
+        print(f"  params: {params if len(params) <= 300 else params[:297] + '...'}")
+        if e["cache_key"]:
+            print(f"  cache key: {e['cache_key'][:16]}  code: {e['code_version'][:16]}")
+        for a in e["inputs"]:
+            by = a["produced_by"]
+            origin = f" (from {by['stage']} execution {by['execution_id']}, run {by['run_id']})" if by else ""
+            print(f"  in  {a['name']}: {a['type']} #{a['id']} {a['uri']}{origin}")
+        for a in e["outputs"]:
+            print(f"  out {a['name']}: {a['type']} #{a['id']} {a['uri']} sha256:{a['fingerprint'][:12]}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------ config
+def cmd_config_schema(args) -> int:
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_config_check(args, stages=None) -> int:
+    config = load_config(args.file, args.set or [])
+    if stages is None and not args.no_stage_checks:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from components import load_stages
+        stages = load_stages()
+    for stage in stages or []:
+        if stage.check is not None:
+            stage.check(config)
+    print(f"{args.file}: valid")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------- tensorboard, models
+def cmd_tensorboard(args, extra: Sequence[str]) -> int:
+    from pipeline.artifacts import tensorboard_dir
+
+    logdir = tensorboard_dir(load(args))
+    logdir.mkdir(parents=True, exist_ok=True)
+    beside = Path(sys.executable).with_name("tensorboard")
+    program = [str(beside)] if beside.exists() else ([shutil.which("tensorboard")] if shutil.which("tensorboard")
+                                                      else [sys.executable, "-m", "tensorboard.main"])
+    command = [*program, "--logdir", str(logdir), *extra]
+    print(" ".join(command), file=sys.stderr)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def model_input(config: PipelineConfig, input_shape: Optional[str], num_classes: Optional[int]) -> tuple:
+    """(input_shape, num_classes) of the model the config trains, as far as the config alone says."""
+    source, ingest = config.ingest.source, config.ingest
+    if input_shape:
+        try:
+            shape = tuple(int(v) for v in input_shape.split(","))
+        except ValueError:
+            raise ConfigError(f"--input-shape {input_shape}: expected comma-separated integers, e.g. 32,32,3") from None
+    else:
+        size = ingest.image_size or ((source.image_size,) * 2 if hasattr(source, "image_size") else None)
+        if size is None:
+            raise ConfigError(f"describe-model: ingest.source {source.name} does not fix the image size; "
+                              "set ingest.image_size or pass --input-shape H,W,C")
+        shape = (*size, 3)
+        if ingest.task == "video":
+            shape = (getattr(source, "num_frames", 8), *shape)
+    if num_classes is None:
+        num_classes = getattr(source, "num_classes", None)
+        if num_classes is None:
+            raise ConfigError(f"describe-model: ingest.source {source.name} does not fix the number of "
+                              "classes; pass --num-classes N")
+        if source.name == "synthetic" and ingest.task == "segmentation":
+            num_classes += 1  # background is class 0
+    return shape, num_classes
+
+
+def cmd_describe_model(args) -> int:
+    config = load(args)
+    shape, num_classes = model_input(config, args.input_shape, args.num_classes)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from models.describe import describe_model, format_table
+
+    rows = describe_model(config.model.name, shape, num_classes, config.model.params)
+    if args.json:
+        _print_json(rows)
+    else:
+        print(f"{config.model.name}: input {shape}, {num_classes} classes")
+        print(format_table(rows))
+    return EXIT_OK
+
+
+def cmd_predict(args) -> int:
+    from components import predict
+    return predict.main(args)
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from components.predict import add_arguments
+    except ImportError:
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(parser)
+    else:
+        parser.add_argument("--model", required=True, metavar="SERVING_DIR/NAME")
+        parser.add_argument("--version", type=int, default=None)
+        parser.add_argument("images", nargs="+", metavar="IMAGE")
+    if not any("--heatmap" in action.option_strings for action in parser._actions):
+        parser.add_argument("--heatmap", metavar="OUT", default=None,
+                            help="write the fully convolutional probability map over the image as a PNG")
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convpipe", description="A computer-vision training pipeline.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__[__doc__.index("Exit codes"):])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p, config=True):
+        p.add_argument("--root", help="pipeline root (overrides pipeline.root)")
+        if config:
+            p.add_argument("--config", help=f"config file (default: ./{DEFAULT_CONFIG} when present)")
+            p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                           help="override one key, e.g. train.epochs=3 (value parsed as JSON, else a string)")
+
+    p = sub.add_parser("run", help="run the pipeline (or --from/--to part of it)")
+    common(p)
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", help="first stage to run")
+    p.add_argument("--to", dest="to_stage", metavar="STAGE", help="last stage to run")
+    p.add_argument("--force", action="store_true", help="run the selected stages even when cached")
+    p.add_argument("--wait", action="store_true", help="wait for another run holding the root instead of exiting 75")
+    p.add_argument("--json", action="store_true", help="print the run's outcome as JSON")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+    p = sub.add_parser("runs", help="one line per run: id, start, state, stages run or cached")
+    common(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("show", help="a run's executions, why each ran or was reused, artifacts and lineage")
+    common(p)
+    p.add_argument("run", nargs="?", type=int, help="run id (default: the latest)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("config", help="the configuration's schema, or check a config file")
+    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    q = config_sub.add_parser("schema", help="write the JSON Schema generated from the config models")
+    q.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
+    q = config_sub.add_parser("check", help="validate a config file (and every stage's checks) without running")
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--set", action="append", metavar="KEY=VALUE")
+    q.add_argument("--no-stage-checks", action="store_true", help="only the schema (no stage modules imported)")
+
+    p = sub.add_parser("tensorboard", help="TensorBoard on every run's logs (extra arguments go to tensorboard)")
+    common(p)
+
+    p = sub.add_parser("predict", help="an exported model on image files")
+    _add_predict_arguments(p)
+
+    p = sub.add_parser("describe-model", help="per-layer sizes, padding, stride and receptive fields")
+    common(p)
+    p.add_argument("--input-shape", metavar="H,W,C", help="default: from ingest.image_size or the source")
+    p.add_argument("--num-classes", type=int, help="default: from the source config")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None, *, stages=None) -> int:
+    """The `convpipe` command; `stages` replaces the component list (tests use fake stages)."""
+    from pipeline.lock import LockHeld
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "tensorboard":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = argv
+    try:
+        if args.command == "run":
+            return cmd_run(args, stages)
+        if args.command == "runs":
+            return cmd_runs(args)
+        if args.command == "show":
+            return cmd_show(args)
+        if args.command == "config":
+            return cmd_config_schema(args) if args.config_command == "schema" else cmd_config_check(args, stages)
+        if args.command == "tensorboard":
+            return cmd_tensorboard(args, extra)
+        if args.command == "predict":
+            return cmd_predict(args)
+        if args.command == "describe-model":
+            return cmd_describe_model(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except LockHeld as exc:
+        print(f"convpipe: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
