@@ -196,3 +196,22 @@ def test_conversion_errors_name_the_layer():
     unknown_size = build_model("cnn", (None, None, 3), 2)
     with pytest.raises(ValueError, match="global_avg_pool.*fixed input size"):
         to_fully_convolutional(unknown_size)
+
+
+def test_the_shipped_segmentation_config_builds_every_swept_method():
+    from pathlib import Path
+
+    from models import get_loss
+    from pipeline.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "segmentation.json")
+    assert (config.ingest.task, config.model.name, config.evaluate.metric) == ("segmentation", "fcn", "mean_iou")
+    size = config.ingest.source.image_size
+    classes = config.ingest.source.num_classes + 1  # background is class 0
+    methods = config.train.sweep["model.params.upsampling"]
+    assert sorted(methods) == sorted(UPSAMPLING)
+    for method in methods:
+        model = build_model("fcn", (size, size, 3), classes, **{**config.model.params, "upsampling": method})
+        assert model.output.shape == (None, size, size, classes)
+    loss = get_loss(config.train.loss, **config.train.loss_params)
+    assert loss.ignore_value == 255
