@@ -14,8 +14,9 @@ returning float32 logits or raw values:
 - `detection`: a one-stage anchor head on one backbone level: per anchor the box deltas against
   the anchor (models/anchors.py encoding) and the class logits, concatenated as in keras-io's
   RetinaNet: [B, N, 4 + num_classes], N = rows * cols * anchors per location; the class biases
-  start at the focal-loss prior. `split_detection` separates the two; `MultitaskModel.anchors()`
-  gives the [N, 4] rel_xyxy anchors in the same order.
+  start at the focal-loss prior. `split_detection` separates the two, `one_stage_outputs` gives
+  the one-stage detector's dict for its decoder, and `MultitaskModel.anchors()` the [N, 4]
+  rel_xyxy anchors in the same order.
 - `regression`: global average pool -> dense -> `regression_outputs` values (by default one: the
   number of objects in the image, `regression_target="count"`).
 
@@ -119,6 +120,14 @@ def detection_anchors(detection_config: Mapping[str, Any]):
 def split_detection(output, num_box_values: int = 4):
     """[..., N, 4 + K] detection output -> (box deltas [..., N, 4], class logits [..., N, K])."""
     return output[..., :num_box_values], output[..., num_box_values:]
+
+
+def one_stage_outputs(output) -> dict:
+    """The detection output as the one-stage detector's dict {"box_deltas", "class_logits"}, so
+    that `one_stage_detector.decode_detections(one_stage_outputs(out), anchors=model.anchors())`
+    decodes it (boxes, sigmoid scores, per-class NMS) exactly as it decodes the detector's own."""
+    deltas, logits = split_detection(output)
+    return {"box_deltas": deltas, "class_logits": logits}
 
 
 # ------------------------------------------------------------------------------------------------

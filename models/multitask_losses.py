@@ -10,9 +10,9 @@ Per example:
   automated focal) called unreduced, so per-example weighting schemes act inside the head.
 - segmentation: the mean over the example's valid pixels (not `ignore_value`) of the per-pixel
   loss of models/pixel_losses (cross-entropy or focal, with its class weights).
-- detection: anchors matched to boxes (models/anchors.anchor_targets); sigmoid focal loss over
-  every non-ignored anchor and class plus Huber (smooth L1) on the deltas of positive anchors,
-  both divided by the example's number of positive anchors (at least 1), as RetinaNet does.
+- detection: the one-stage detector's terms (models/detection_losses.py): anchors matched to boxes,
+  focal (or automated focal) loss over every non-ignored anchor and class plus smooth L1 (or GIoU)
+  on positive anchors, divided by the example's number of positive anchors (at least 1).
 - regression: mean squared error (the Gaussian likelihood the uncertainty weighting assumes).
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import keras
 from keras import ops
 
 from models import anchors as anchor_ops
+from models.detection_losses import DetectionLoss, automated_gamma, giou_loss, sigmoid_focal, smooth_l1
 from models.multitask import detection_anchors, split_detection
 from models.multitask_training import TARGET_KEYS, masked_mean, regression_targets, target_presence
 from models.pixel_losses import PixelCrossentropy
@@ -60,30 +61,35 @@ def segmentation_example_losses(mask, logits, pixel_loss: Optional[PixelCrossent
     return ops.divide_no_nan(ops.sum(losses * weights, axis=(1, 2)), ops.sum(weights, axis=(1, 2)))
 
 
-def detection_example_losses(boxes, labels, output, anchors, num_classes: int, gamma: float = 2.0,
-                             alpha: float = 0.25, box_weight: float = 1.0, positive_threshold: float = 0.5,
-                             negative_threshold: float = 0.4):
-    """[B]: focal class loss + box loss per example, normalised by its positive anchors.
+def detection_example_losses(boxes, labels, output, anchors, options: Optional[DetectionLoss] = None):
+    """[B]: class loss + box_weight x box loss per example, each summed over its anchors and divided
+    by its positive anchors (at least 1).
 
-    `boxes` [B, M, 4] rel_xyxy and `labels` [B, M] padded with -1; `output` [B, N, 4 + K] from
-    the detection head; `anchors` [N, 4] in the same order.
+    The terms and their settings are the one-stage detector's (models/detection_losses.py: focal or
+    automated focal on every non-ignored anchor and class, smooth L1 or GIoU on positives);
+    `options` is a DetectionLoss holding them (default: focal, smooth L1). `boxes` [B, M, 4]
+    rel_xyxy and `labels` [B, M] padded with -1; `output` [B, N, 4 + K] from the detection head;
+    `anchors` [N, 4] in the same order. Per example rather than per batch, so that examples
+    without a detection target can be left out of the mean.
     """
-    targets = anchor_ops.anchor_targets(anchors, boxes, labels, num_classes, positive_threshold, negative_threshold)
+    options = options or DetectionLoss()
     deltas, logits = split_detection(ops.cast(output, "float32"))
-    state = targets["state"]
-    positive = ops.cast(state == anchor_ops.POSITIVE, "float32")
-    counted = ops.cast(state != anchor_ops.IGNORE, "float32")
-    y = ops.cast(targets["class_targets"], "float32")
-    probability = ops.sigmoid(logits)
-    cross_entropy = ops.binary_crossentropy(y, logits, from_logits=True)
-    p_true = y * probability + (1.0 - y) * (1.0 - probability)
-    alpha_true = y * alpha + (1.0 - y) * (1.0 - alpha)
-    focal = alpha_true * ops.power(1.0 - p_true, gamma) * cross_entropy
-    class_loss = ops.sum(ops.sum(focal, axis=-1) * counted, axis=-1)
-    box_error = keras.losses.huber(targets["box_targets"], deltas, delta=1.0) * 4.0  # huber averages the 4 values
-    box_loss = ops.sum(box_error * positive, axis=-1)
-    positives = ops.maximum(ops.sum(positive, axis=-1), 1.0)
-    return (class_loss + box_weight * box_loss) / positives
+    targets = anchor_ops.anchor_targets(anchors, boxes, labels, logits.shape[-1], options.positive_iou,
+                                        options.negative_iou, options.variances, options.force_best)
+    positive = targets["state"] == anchor_ops.POSITIVE
+    counted = ops.cast(targets["state"] != anchor_ops.IGNORE, "float32")
+    gamma = options.gamma
+    if options.classification == "automated_focal":
+        gamma = automated_gamma(targets["class_targets"], logits, positive, fallback=options.gamma)
+    per_anchor = ops.sum(sigmoid_focal(targets["class_targets"], logits, options.alpha, gamma), -1)
+    class_loss = ops.sum(per_anchor * counted, axis=-1)
+    if options.box == "smooth_l1":
+        per_box = ops.sum(smooth_l1(targets["box_targets"], deltas, options.beta), -1)
+    else:
+        per_box = giou_loss(targets["matched_boxes"], anchor_ops.decode(deltas, anchors, options.variances))
+    box_loss = ops.sum(per_box * ops.cast(positive, "float32"), axis=-1)
+    positives = ops.maximum(ops.sum(ops.cast(positive, "float32"), axis=-1), 1.0)
+    return (class_loss + options.box_weight * box_loss) / positives
 
 
 def regression_example_losses(target, prediction):
@@ -141,7 +147,7 @@ class MultitaskLoss:
             raise ValueError(f"train.multitask.losses.segmentation: expected a per-pixel loss (pixel_crossentropy, "
                              f"pixel_focal), got {type(self.segmentation_loss).__name__}")
         self.ignore_value = self.segmentation_loss.ignore_value
-        self.detection_options = dict(detection_options or {})
+        self.detection_loss = DetectionLoss(**dict(detection_options or {}))
         self.anchors = detection_anchors(head_config["detection"]) if "detection" in self.heads else None
 
     @classmethod
@@ -155,7 +161,7 @@ class MultitaskLoss:
             return segmentation_example_losses(targets["mask"], output, self.segmentation_loss)
         if head == "detection":
             return detection_example_losses(targets["boxes"], targets["labels"], output, self.anchors,
-                                            self.head_config["detection"]["num_classes"], **self.detection_options)
+                                            self.detection_loss)
         return regression_example_losses(regression_targets(targets, self.head_config["regression"]["target"]), output)
 
     def head_losses(self, targets: Mapping, outputs: Mapping) -> dict:

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from models import build_model
-from models.multitask import HEADS, MultitaskModel, split_detection
+from models.multitask import HEADS, MultitaskModel, one_stage_outputs, split_detection
+from models.one_stage_detector import decode_detections
 from models.multitask_losses import MultitaskLoss
 
 SHAPE = (16, 16, 3)
@@ -50,6 +51,18 @@ def test_one_named_output_per_head_with_the_right_shapes(every_head):
     assert tuple(deltas.shape) == (2, 192, 4) and tuple(logits.shape) == (2, 192, CLASSES)
     # the class logits start at the focal prior: sigmoid = 0.01
     np.testing.assert_allclose(keras.ops.sigmoid(logits).numpy(), 0.01, atol=0.02)
+
+
+def test_detection_output_decodes_with_the_one_stage_decoder(every_head):
+    output = np.zeros((1, 192, 4 + CLASSES), np.float32)
+    output[0, :, 4:] = -10.0
+    output[0, 108, 4 + 2] = 4.0  # anchor of cell (4, 4), class 2, zero deltas: the box is the anchor
+    detections = decode_detections(one_stage_outputs(output), anchors=every_head.anchors(), max_detections=5)
+    assert int(detections["num_detections"][0]) == 1
+    assert int(detections["classes"][0, 0]) == 2
+    np.testing.assert_allclose(detections["boxes"][0, 0], every_head.anchors()[108], atol=1e-6)
+    np.testing.assert_allclose(every_head.anchors()[108], [0.5625 - 0.15, 0.5625 - 0.15, 0.5625 + 0.15,
+                                                           0.5625 + 0.15], atol=1e-6)  # 0.4 x 16 px x 0.75
 
 
 def test_a_subset_of_heads_builds_only_those_heads():

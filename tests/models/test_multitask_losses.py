@@ -9,6 +9,7 @@ import tensorflow as tf
 from models.multitask_losses import (
     MultitaskLoss, classification_example_losses, detection_example_losses, regression_example_losses,
     segmentation_example_losses)
+from models.detection_losses import DetectionLoss
 from models.pixel_losses import PixelCrossentropy
 from models.task_weighting import TaskWeighting
 
@@ -45,18 +46,21 @@ def test_detection_focal_and_box_terms_by_hand():
     boxes = tf.constant([[[0.0, 0.0, 0.5, 0.5], [-1, -1, -1, -1]]])  # exactly anchor 0
     labels = tf.constant([[1, -1]])
     deltas = np.zeros((1, 2, 4), np.float32)
-    deltas[0, 0] = [0.5, 0.0, 0.0, 0.0]  # off by 0.5 in dx: Huber 0.5 * 0.5^2 = 0.125
+    deltas[0, 0] = [0.5, 0.05, 0.0, 0.0]  # smooth L1, beta 1/9: 0.5 - beta/2 and 0.05^2 / (2 beta)
     logits = np.array([[[-2.0, 3.0], [-1.0, -4.0]]], np.float32)
     output = tf.constant(np.concatenate([deltas, logits], -1))
-    loss = detection_example_losses(boxes, labels, output, anchors, num_classes=2, gamma=2.0, alpha=0.25).numpy()
+    loss = detection_example_losses(boxes, labels, output, anchors).numpy()
 
     def focal(y, x):
         p = 1 / (1 + math.exp(-x))
         p_true = p if y else 1 - p
         return (0.25 if y else 0.75) * (1 - p_true) ** 2 * -math.log(p_true)
 
-    expected = focal(0, -2.0) + focal(1, 3.0) + focal(0, -1.0) + focal(0, -4.0) + 0.125  # one positive anchor
+    box = (0.5 - 0.5 / 9) + 0.5 * 0.05 ** 2 * 9
+    expected = focal(0, -2.0) + focal(1, 3.0) + focal(0, -1.0) + focal(0, -4.0) + box  # one positive anchor
     assert loss == pytest.approx([expected], rel=1e-5)
+    weighted = detection_example_losses(boxes, labels, output, anchors, DetectionLoss(box_weight=2.0)).numpy()
+    assert weighted == pytest.approx([expected + box], rel=1e-5)
 
 
 def test_named_losses_come_from_the_registry():
