@@ -62,6 +62,13 @@ def test_max_unpool_decoder_uses_the_encoders_argmax():
     np.testing.assert_allclose(windows.sum(axis=(2, 4)), pooled, rtol=1e-6)
 
 
+@pytest.mark.parametrize("upsampling", ["max_unpool", "bed_of_nails"])
+def test_unknown_input_size_builds_and_runs_on_sizes_the_stride_divides(upsampling):
+    model = build_model("fcn", (None, None, 3), 2, blocks=SMALL, upsampling=upsampling)
+    assert model(_x(2, 16, 24, 3)).shape == (2, 16, 24, 2)
+    assert model(_x(1, 8, 4, 3)).shape == (1, 8, 4, 2)
+
+
 def test_bed_of_nails_position_is_configurable_and_checked():
     model = build_model("fcn", (8, 8, 3), 2, blocks=SMALL, upsampling="bed_of_nails", nail_position=[1, 1])
     assert model.get_layer("decoder1_up").position == (1, 1)
@@ -163,6 +170,17 @@ def test_each_map_position_is_the_classifier_on_one_window():
     crops = np.stack([image[0, 4 * i:4 * i + 14, 4 * j:4 * j + 14] for i in range(3) for j in range(4)])
     expected = classifier(crops).numpy().reshape(3, 4, 3)
     assert np.abs(heat - expected).max() < 1e-5
+
+
+def test_explicit_padding_and_sum_and_average_pools_convert_too():
+    blocks = [{"filters": 4, "padding": [[1, 1], [1, 1]], "pool": "sum"},
+              {"filters": 5, "pool": "avg", "pool_size": 3, "pool_stride": 1}]
+    classifier = build_model("cnn", (10, 10, 3), 4, blocks=blocks, global_pool="flatten", dense_units=[6])
+    _randomise(classifier, seed=4)
+    fcn = to_fully_convolutional(classifier)
+    x = _x(2, 10, 10, 3, seed=5)
+    assert np.abs(fcn(x).numpy()[:, 0, 0] - classifier(x).numpy()).max() < 1e-5
+    assert fcn(_x(1, 16, 12, 3)).shape == (1, 4, 2, 4)  # 16 -> 8 -> 6 against 10 -> 5 -> 3: 6-3+1 = 4
 
 
 def test_plain_keras_sequential_classifier(tmp_path):
