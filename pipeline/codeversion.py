@@ -63,7 +63,7 @@ class CodeIndex:
 
     def imports(self, module: ModuleFile) -> set[str]:
         """Names of the project modules `module` imports (rules 1 to 3 of the module docstring)."""
-        return set(_imports(self, module.name, module.path, module.is_package, module.path.stat().st_mtime_ns))
+        return set(_imports(self, module.name, module.is_package, module.path.read_bytes()))
 
     def outside(self, name: str) -> Optional[ModuleFile]:
         """A module outside the project packages (a plugin, a test's stages), found where Python finds it."""
@@ -105,8 +105,8 @@ class CodeIndex:
 
 
 @lru_cache(maxsize=1024)
-def _imports(index: CodeIndex, name: str, path: Path, is_package: bool, mtime_ns: int) -> frozenset[str]:
-    tree = ast.parse(path.read_bytes(), filename=str(path))
+def _imports(index: CodeIndex, name: str, is_package: bool, source: bytes) -> frozenset[str]:
+    tree = ast.parse(source, filename=name)
     package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
 
