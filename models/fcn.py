@@ -1,6 +1,7 @@
 """Fully convolutional segmentation: the `fcn` builder, and turning a trained classifier into an FCN.
 
-    build_model("fcn", (32, 32, 3), 4, blocks=[{"filters": 16}, {"filters": 32}], upsampling="max_unpool")
+    build_model("fcn", (32, 32, 3), 4, blocks=[{"filters": 16, "convs": 2}, {"filters": 32}], upsampling="max_unpool",
+                skip="concat")
 
 The builder: an encoder of conv/pool blocks, a decoder that undoes each pool with the configured
 upsampling method followed by convolutions, and a 1x1-conv classifier instead of dense layers, so
@@ -14,9 +15,8 @@ the output is logits [H, W, num_classes] at the input resolution (float32, as ev
 
 Skip connections bring each encoder resolution's features (before pooling) to the decoder stage of
 the same resolution: `add` projects them with a 1x1 conv and adds them (FCN-8s), `concat`
-concatenates them (U-Net). Decoder stage k (counted from the deepest) ends with as many channels as
-the encoder block it mirrors receives, so the next max unpooling gets values with the channel count
-of its argmax.
+concatenates them (U-Net). Each decoder stage ends with the channel count of the next shallower
+pool's output, so the next max unpooling gets values shaped like its argmax.
 
 `to_fully_convolutional(classifier)` rewrites a classifier with a dense head (the `cnn` builder's
 output, or any functional Keras model of the same kinds of layers) as an all-convolutional model:
@@ -41,7 +41,7 @@ from models.registry import MODELS
 
 UPSAMPLING = ("nearest", "bed_of_nails", "max_unpool", "transposed", "bilinear")
 SKIPS = ("none", "add", "concat")
-DEFAULT_BLOCKS = ({"filters": 16}, {"filters": 32}, {"filters": 64})
+DEFAULT_BLOCKS = ({"filters": 16, "convs": 2}, {"filters": 32, "convs": 2}, {"filters": 64, "convs": 2})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,9 +110,8 @@ def check_input_size(input_shape, stride: tuple[int, int]) -> None:
     if stride[0] == stride[1]:
         s = stride[0]
         lower = max(s, (max(v for _, v, _ in bad) // s) * s)
-        examples = f"{lower} or {lower + s}" if lower + s != lower else str(lower)
         raise ValueError(f"fcn: input {height}x{width} is not divisible by the encoder stride {s}; "
-                         f"use a multiple of {s} such as {examples}.")
+                         f"use a multiple of {s} such as {lower} or {lower + s}.")
     needs = "; ".join(f"{name} {size} is not a multiple of {s} (use {max(s, size // s * s)} or {size // s * s + s})"
                       for name, size, s in bad)
     raise ValueError(f"fcn: input {height}x{width} is not divisible by the encoder stride "
@@ -143,7 +142,7 @@ def _upsample(x, method: str, size: tuple[int, int], name: str, *, argmax=None, 
 
 
 @MODELS.register("fcn")
-def build_fcn(input_shape, num_classes: int, *, blocks=DEFAULT_BLOCKS, upsampling: str = "transposed",
+def build_fcn(input_shape, num_classes: int, *, blocks=DEFAULT_BLOCKS, upsampling: str = "nearest",
               skip: str = "concat", decoder_convs: int = 1, batch_norm: bool = True, nail_position=(0, 0),
               name: str = "fcn", **unknown) -> keras.Model:
     """Image [H, W, C] -> per-pixel logits [H, W, num_classes] (float32)."""
@@ -187,7 +186,7 @@ def build_fcn(input_shape, num_classes: int, *, blocks=DEFAULT_BLOCKS, upsamplin
             x, argmax = keras.layers.MaxPooling2D(block.pool_size, padding="same", name=f"encoder{n}_pool")(x), None
         stages.append((n, block, before, argmax))
 
-    for k, (n, block, before, argmax) in enumerate(reversed(stages)):
+    for n, block, before, argmax in reversed(stages):
         # channels the next (shallower) unpooling needs: the filters of the block it mirrors
         shallower = [s for s in stages if s[0] < n]
         filters = shallower[-1][1].filters if shallower else parsed[0].filters
