@@ -162,7 +162,8 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
                 progress.seconds += time.monotonic() - started
                 started = time.monotonic()
                 progress.sync()
-                backups.save()
+                saved = backups.save()
+                log.info("step backup %s at epoch %d, step %d", saved.name, epoch, step)
         progress.seconds += time.monotonic() - started
 
         row = {"epoch": epoch, **averages(totals)}
