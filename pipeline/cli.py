@@ -29,6 +29,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
@@ -71,19 +73,44 @@ def _print_json(value) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def _setup_console_logging(verbose: bool) -> None:
+@contextmanager
+def _console_logging(verbose: bool):
+    """Our log lines (and others' warnings) on stderr, for the duration of one command."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     level = logging.DEBUG if verbose else logging.INFO
     handler.addFilter(lambda r: r.name.startswith("convpipe") or r.levelno >= logging.WARNING)
     handler.setLevel(level)
+    convpipe = logging.getLogger("convpipe")
+    previous = convpipe.level
     logging.getLogger().addHandler(handler)
-    logging.getLogger("convpipe").setLevel(level)
+    convpipe.setLevel(level)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        convpipe.setLevel(previous)
 
 
 def _raise_interrupted(signum, frame):
     from pipeline.runner import Interrupted
     raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises Interrupted, so the running execution is recorded FAILED and its temporaries go.
+
+    Only the main thread can set handlers; elsewhere (a scheduler's worker thread) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------ run
@@ -93,10 +120,8 @@ def cmd_run(args, stages=None) -> int:
 
     config = load(args)
     root = Path(config.pipeline.root)
-    _setup_console_logging(args.verbose)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        with RootLock(root, wait=args.wait):
+        with _console_logging(args.verbose), _sigterm_interrupts(), RootLock(root, wait=args.wait):
             if stages is None:
                 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
                 from components import load_stages
@@ -109,8 +134,6 @@ def cmd_run(args, stages=None) -> int:
     except Interrupted:
         print("interrupted by SIGTERM", file=sys.stderr)
         return EXIT_SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if args.json:
         _print_json(result.to_dict())
     else:

@@ -123,3 +123,16 @@ def test_lock_in_this_process_refuses_a_second_holder(tmp_path):
             RootLock(tmp_path).acquire()
     with RootLock(tmp_path):      # released: free again
         pass
+
+
+def test_sigterm_records_the_execution_failed_and_exits_143(blocked_run, subprocess_env):
+    child, root, block = blocked_run
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 143, err
+    assert not list(root.glob("*/.tmp-*"))
+    with MetadataStore(root) as store:
+        [run] = store.runs()
+        assert run.state == "FAILED" and "Interrupted" in run.error
+        b = store.executions(run.id)[1]
+        assert (b.stage, b.state, b.error) == ("b", "FAILED", "interrupted (Interrupted: signal SIGTERM)")
