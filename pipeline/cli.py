@@ -341,24 +341,24 @@ def cmd_describe_model(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from components import predict
+    try:
+        from components import predict
+    except ImportError as exc:
+        raise ConfigError(f"convpipe predict: components.predict cannot be imported here ({exc})") from None
     return predict.main(args)
 
 
 def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options are components.predict's own (`add_arguments`), so they always match its `main`."""
     try:
         from components.predict import add_arguments
     except ImportError:
-        add_arguments = None
-    if add_arguments is not None:
-        add_arguments(parser)
-    else:
         parser.add_argument("--model", required=True, metavar="SERVING_DIR/NAME")
         parser.add_argument("--version", type=int, default=None)
+        parser.add_argument("--heatmap", metavar="OUT", default=None)
         parser.add_argument("images", nargs="+", metavar="IMAGE")
-    if not any("--heatmap" in action.option_strings for action in parser._actions):
-        parser.add_argument("--heatmap", metavar="OUT", default=None,
-                            help="write the fully convolutional probability map over the image as a PNG")
+    else:
+        add_arguments(parser)
 
 
 # ------------------------------------------------------------------------------------ parser

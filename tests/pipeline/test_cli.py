@@ -142,3 +142,25 @@ def test_describe_model_input_comes_from_the_config():
     with pytest.raises(ConfigError, match="pass --num-classes"):
         cli.model_input(config, "28,28,1", None)
     assert cli.model_input(config, "28,28,1", 10) == ((28, 28, 1), 10)
+
+
+def test_config_check_runs_every_stage_check(capsys, tmp_path):
+    from pipeline.stage import Stage
+
+    def refuse(config):
+        raise ConfigError(f"model.name: expected a registered model, got \"{config.model.name}\"")
+    stages = [Stage("x", {"o": "T"}, lambda ctx: None, lambda c: {}, check=refuse)]
+    good = tmp_path / "c.json"
+    good.write_text(json.dumps({"model": {"name": "nope"}}))
+    code, _, err = convpipe(capsys, "config", "check", str(good), stages=stages)
+    assert code == 2 and err.strip() == 'model.name: expected a registered model, got "nope"'
+
+
+def test_tensorboard_points_at_the_runs_logdir(capsys, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command: calls.append(command) or 0)
+    code, _, _ = convpipe(capsys, "tensorboard", "--root", "r", "--port", "6007")
+    assert code == 0
+    [command] = calls
+    assert command[-4:] == ["--logdir", str(Path("r") / "tensorboard"), "--port", "6007"]
+    assert (tmp_path / "r" / "tensorboard").is_dir()
