@@ -165,6 +165,7 @@ def runs_summary(root: Path) -> list[dict]:
                 "id": run.id, "started": _time(run.started), "ended": _time(run.ended), "state": run.state,
                 "error": run.error, "argv": run.argv, "options": run.options, "stages": stages,
                 "ran": [s["stage"] for s in stages if s["state"] in ("COMPLETE", "FAILED", "RUNNING", "ABANDONED")],
+                "failed": [s["stage"] for s in stages if s["state"] in ("FAILED", "ABANDONED")],
                 "cached": [s["stage"] for s in stages if s["state"] == "CACHED"],
                 "skipped": [s["stage"] for s in stages if s["state"] == "SKIPPED"],
                 "seconds": round(run.ended - run.started, 3) if run.ended else None})

@@ -207,6 +207,10 @@ class Runner:
         """Every stage's `check(config)`, before anything runs; all problems reported together."""
         problems = []
         for stage in self.stages:
+            if not stage.enabled(self.config) and (len(stage.inputs) != 1 or len(stage.outputs) != 1):
+                problems.append(f"stage {stage.name} is disabled, but only a stage with one input and one "
+                                f"output can pass its input through (inputs {list(stage.inputs)}, "
+                                f"outputs {list(stage.outputs)})")
             if stage.check is None:
                 continue
             try:
@@ -247,8 +251,10 @@ class Runner:
                     result.state, result.error = md.FAILED, str(exc)
                     log.error("%s", exc)
                 except BaseException as exc:
-                    store.end_run(run_id, md.FAILED, f"interrupted: {type(exc).__name__}: {exc}")
-                    log.error("run %d interrupted (%s)", run_id, type(exc).__name__)
+                    interrupted = not isinstance(exc, Exception)
+                    error = f"{'interrupted: ' if interrupted else ''}{type(exc).__name__}: {exc}"
+                    store.end_run(run_id, md.FAILED, error)
+                    log.error("run %d FAILED: %s", run_id, error)
                     raise
                 store.end_run(run_id, result.state, result.error)
                 log.info("run %d %s", run_id, result.state)

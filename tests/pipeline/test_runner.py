@@ -211,3 +211,11 @@ def test_deleted_outputs_are_not_reused(run, tmp_path):
     second = run(to_stage="a")
     assert CALLS == ["a"]
     assert "missing from disk" in second.outcomes[0].reason["summary"]
+
+
+def test_a_disabled_stage_must_have_one_input_and_one_output(run):
+    two_inputs = Stage("c", {"report": "Report"}, fake_stages.run_c, lambda c: {},
+                       inputs={"result": "b.result", "data": "a.data"}, enabled=lambda c: False)
+    with pytest.raises(ConfigError, match="stage c is disabled, but only a stage with one input"):
+        run(stages=[*STAGES[:2], two_inputs])
+    assert CALLS == []
