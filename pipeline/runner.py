@@ -302,15 +302,22 @@ class Runner:
         if not stage.enabled(self.config):
             outputs = self._passthrough(stage, inputs)
         else:
-            *_, key = self._identity(stage, inputs)
+            try:
+                params, code, external, key = self._identity(stage, inputs)
+            except Exception as exc:
+                raise RunError(f"stage {stage.name} (before --from): {type(exc).__name__}: {exc}") from exc
             hit = store.find_complete(stage.name, key) or store.latest_execution(stage.name)
             if hit is None:
                 raise RunError(f"stage {stage.name} has never completed under {self.root}; "
                                f"run it first (convpipe run --to {stage.name})")
-            if hit.cache_key != key:
-                log.warning("%s: no execution matches the current config and code; using its latest, "
-                            "execution %d of run %d", stage.name, hit.id, hit.run_id)
             outputs = store.outputs(hit.id)
+            if not all(a.uri.is_dir() for a in outputs.values()):
+                raise RunError(f"stage {stage.name}: the outputs of its latest execution {hit.id} are gone "
+                               f"from disk; run it again (convpipe run --from {stage.name})")
+            if hit.cache_key != key:
+                log.warning("%s: no execution matches the current config and code (%s); using its latest, "
+                            "execution %d of run %d", stage.name,
+                            explain(hit, params, inputs, code, external)["summary"], hit.id, hit.run_id)
         return {f"{stage.name}.{name}": a for name, a in outputs.items()}
 
     def _run_stage(self, store: MetadataStore, run_id: int, stage: Stage, available: dict[str, Artifact],

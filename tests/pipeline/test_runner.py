@@ -219,3 +219,18 @@ def test_a_disabled_stage_must_have_one_input_and_one_output(run):
     with pytest.raises(ConfigError, match="stage c is disabled, but only a stage with one input"):
         run(stages=[*STAGES[:2], two_inputs])
     assert CALLS == []
+
+
+def test_from_uses_the_upstream_execution_matching_the_config(run, caplog):
+    run("train.epochs=2")
+    run("train.epochs=3")           # b's latest execution now has epochs=3
+    CALLS.clear()
+    result = run("train.epochs=2", from_stage="c")
+    assert CALLS == []              # c's key matches its run with epochs=2: b's epochs=2 output was chosen
+    assert states(result) == [("c", "CACHED")]
+    result = run("train.epochs=5", from_stage="c")
+    # no b with epochs=5: the latest b (epochs=3) is used, with a warning, and c on it is cached
+    assert "no execution matches the current config and code (params changed: epochs (3 -> 5))" in caplog.text
+    with MetadataStore(Path(result.log_file).parents[1]) as store:
+        report = store.outputs(result.outcomes[0].execution_id)["report"].uri
+    assert (report / "report.txt").read_text() == "accuracy=30"     # sum(0..4) * 3
