@@ -1,0 +1,115 @@
+"""The two trainers the benchmarks compare: the train stage's loop, and plain Keras `fit`.
+
+`PipelineTrainer` wires the train stage's own parts the way components/training/trial.py does
+(strategy from the config, model/loss/optimizer by name inside its scope, `StepFunctions`, the
+gzip-shard reader, two-generation backups, best weights, TensorBoard scalars and sample
+predictions) and runs `loop.fit` one epoch at a time, so the benchmark can alternate epochs with
+the baseline. `plain_keras` builds the same network, loss and optimizer and compiles them for `fit`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+LOG = logging.getLogger("benchmarks")
+
+
+class PipelineTrainer:
+    """The train stage's loop on an Examples directory, advanced one epoch per `epoch()` call."""
+
+    def __init__(self, config, examples_dir: Path, work_dir: Path, *, jit: Optional[bool] = None,
+                 sample_images: bool = True, placement=None):
+        import keras
+        import tensorflow as tf
+
+        from components import examples as ex
+        from components.report import prediction_grid_png
+        from components.training import builders
+        from components.training.backups import Backups, BestWeights
+        from components.training.history import Progress
+        from components.training.loop import Plan, StepFunctions
+        from components.training.strategy import make_strategy, precision_policy, use_jit
+        from components.training.tensorboard import TrainingLogs
+
+        train = config.train
+        self.placement = placement or make_strategy(train.distribution, train.logical_cpu_devices)
+        policy = precision_policy(train.mixed_precision, self.placement.on_gpu)
+        keras.config.set_dtype_policy(policy)
+        self.jit = use_jit(train.jit_compile, self.placement.on_gpu) if jit is None else jit
+
+        schema = ex.read_schema(examples_dir)
+        self.examples_dir = Path(examples_dir)
+        self.input_shape = tuple(schema["image_size"])
+        self.class_names = schema["class_names"]
+        self.train_size = int(schema["split_counts"]["train"])
+        self.batch_size = builders.batch_size_for(train, self.train_size)
+        self.steps_per_epoch = math.ceil(self.train_size / self.batch_size)
+        self.config = config
+
+        keras.utils.set_random_seed(train.seed)
+        strategy = self.placement.strategy
+        with strategy.scope():
+            self.model = builders.build_network(config.model, self.input_shape, len(self.class_names))
+            loss = builders.build_loss(train)
+            optimizer = builders.build_optimizer(train, self.steps_per_epoch, policy)
+            optimizer.build(self.model.trainable_variables)
+        self.progress = Progress()
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=optimizer, progress=self.progress.variable)
+        work_dir = Path(work_dir)
+        self.backups = Backups(work_dir / "backups", checkpoint, keep=2)
+        self.best = BestWeights(work_dir / "best", self.model)
+        self.logs = TrainingLogs(work_dir / "tensorboard")
+        self.steps = StepFunctions(strategy, self.model, loss_fn=loss, optimizer=optimizer, jit_compile=self.jit)
+        self.plan = Plan(epochs=0, monitor="loss", save_freq_steps=train.save_freq_steps)
+
+        samples = None
+        if sample_images and train.num_sample_images:
+            samples = next(iter(ex.make_dataset(examples_dir, "train", train.num_sample_images)))
+
+        def log_samples(epoch: int) -> None:
+            if samples is None:
+                return
+            images, targets = samples[0].numpy(), samples[1].numpy()
+            probabilities = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32)).numpy()
+            png = prediction_grid_png(images, targets.argmax(-1), probabilities.argmax(-1), probabilities.max(-1),
+                                      self.class_names)
+            self.logs.sample_predictions(epoch, png)
+
+        self.on_epoch_end = log_samples
+
+    def train_data(self, epoch: int):
+        """The reader exactly as the stage builds it for `epoch` (shuffled, seeded by the epoch)."""
+        from components import examples as ex
+
+        train = self.config.train
+        return ex.make_dataset(self.examples_dir, "train", self.batch_size, shuffle=True,
+                               seed=train.seed * 10007 + epoch, shuffle_buffer=train.shuffle_buffer)
+
+    def epoch(self) -> dict:
+        """One more epoch through `loop.fit` (steps, loss check, backups, best weights, TensorBoard)."""
+        from components.training.loop import fit
+
+        self.plan.epochs += 1
+        fit(self.steps, self.train_data, None, self.plan, self.progress, self.backups, self.best, self.logs, LOG,
+            on_epoch_end=self.on_epoch_end)
+        return self.progress.rows[-1]
+
+    def close(self) -> None:
+        self.logs.close()
+        self.backups.close()
+
+
+def plain_keras(config, input_shape, num_classes: int, steps_per_epoch: int, jit: bool, metrics=("categorical_accuracy",)):
+    """The same network, loss and optimizer, compiled for plain `model.fit` (default strategy)."""
+    import keras
+
+    from components.training import builders
+
+    keras.utils.set_random_seed(config.train.seed)
+    model = builders.build_network(config.model, input_shape, num_classes)
+    optimizer = builders.build_optimizer(config.train, steps_per_epoch, keras.config.dtype_policy().name)
+    model.compile(optimizer=optimizer, loss=builders.build_loss(config.train), metrics=list(metrics),
+                  jit_compile=jit)
+    return model

@@ -1,0 +1,67 @@
+"""The benchmarks keep running as the code they measure changes: their output's shape, never their speed."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import timing
+from benchmarks.report import Result
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_trainer_overhead_runs_and_reports_its_figures(tmp_path):
+    out = tmp_path / "figures.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--only", "trainer_overhead",
+                              "--json", str(out)], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    assert "== trainer_overhead" in process.stdout and "target pipeline / fit" in process.stdout
+
+    document = json.loads(out.read_text())
+    assert document["size"] == "tiny" and document["failed"] == {}
+    assert {"cpu_model", "cores", "memory_gib", "tensorflow"} <= set(document["machine"])
+    result = document["benchmarks"]["trainer_overhead"]
+    figures = result["figures"]
+    for side in ("pipeline", "pipeline_in_memory", "fit"):
+        assert figures[f"{side}_images_per_s"]["unit"] == "images/s"
+        assert figures[f"{side}_images_per_s"]["value"] > 0
+        assert len(result["samples"][side]) == result["settings"]["rounds"]
+    ratio = result["ratios"]["pipeline_over_fit"]["value"]
+    expected = figures["pipeline_images_per_s"]["value"] / figures["fit_images_per_s"]["value"]
+    assert ratio == pytest.approx(expected, rel=2e-3)
+    [target] = result["targets"]
+    assert target["target"] == ">= 0.95" and target["met"] == (target["measured"] >= 0.95)
+
+
+def test_alternate_runs_warmup_then_sides_in_turn():
+    calls = []
+
+    def b():
+        calls.append("b")
+        return 0.25  # seconds it measured itself
+
+    seconds = timing.alternate({"a": lambda: calls.append("a"), "b": b}, rounds=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert len(seconds["a"]) == 3 and seconds["b"] == [0.25, 0.25, 0.25]
+
+
+def test_percentile_interpolates_between_ranks():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert timing.percentile(values, 50) == 3.0
+    assert timing.percentile(values, 95) == pytest.approx(4.8)  # 4 + 0.8 * (5 - 4)
+    assert timing.percentile([7.0], 95) == 7.0
+    assert timing.rate(64, [2.0, 1.0, 4.0]) == 32.0
+
+
+def test_targets_record_the_bound_and_whether_it_was_met():
+    result = Result("x", "y")
+    assert result.target("a / b", 0.96, ">=", 0.95) is True
+    assert result.target("wait share", 0.07, "<", 0.05) is False
+    assert result.target("nan", float("nan"), ">=", 1.0) is False
+    assert [t["met"] for t in result.targets] == [True, False, False]
+    assert result.targets[1]["target"] == "< 0.05"
