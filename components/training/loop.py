@@ -57,36 +57,41 @@ class StepFunctions:
         eval_loss_fn = loss_fn.for_evaluation() if hasattr(loss_fn, "for_evaluation") else loss_fn
 
         def losses_on(x, y, training):
-            context = tf.distribute.get_replica_context()
             count = tf.cast(tf.shape(_first(y))[0], tf.float32)
-            global_count = context.all_reduce(sum_op, count)
             logits = model(x, training=training)
             logits = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), logits)
             # A Keras loss divides its batch mean by the number of replicas (scale_loss_for_distribution,
             # so that summed gradients average); undo that and weight by this replica's share instead.
             loss = (loss_fn if training else eval_loss_fn)(y, logits)
             mean_loss = tf.cast(loss, tf.float32) * strategy.num_replicas_in_sync
-            return logits, mean_loss, count, global_count
+            return logits, mean_loss, count
 
-        def replica_train(x, y):
+        def replica_gradients(x, y, global_count):
             with tf.GradientTape() as tape:
-                logits, mean_loss, count, global_count = losses_on(x, y, True)
+                logits, mean_loss, count = losses_on(x, y, True)
                 weighted = mean_loss * count / tf.maximum(global_count, 1.0)
                 if model.losses:
                     weighted += tf.add_n(model.losses) / strategy.num_replicas_in_sync
                 scaled = optimizer.scale_loss(weighted)
-            variables = model.trainable_variables
-            gradients = tape.gradient(scaled, variables)
-            optimizer.apply_gradients(zip(gradients, variables))
-            return {"loss": mean_loss * count, "count": count, **metric_sums(y, logits)}
+            gradients = tape.gradient(scaled, model.trainable_variables)
+            return gradients, {"loss": mean_loss * count, "count": count, **metric_sums(y, logits)}
 
         def replica_eval(x, y):
-            logits, mean_loss, count, _ = losses_on(x, y, False)
+            logits, mean_loss, count = losses_on(x, y, False)
             return {"loss": mean_loss * count, "count": count, **metric_sums(y, logits)}
 
         if jit_compile:
-            replica_train = tf.function(replica_train, jit_compile=True, reduce_retracing=True)
+            # XLA compiles the forward and backward pass; the optimizer update stays outside, since
+            # under a multi-device strategy it crosses devices (merge_call), which XLA cannot compile.
+            replica_gradients = tf.function(replica_gradients, jit_compile=True, reduce_retracing=True)
             replica_eval = tf.function(replica_eval, jit_compile=True, reduce_retracing=True)
+
+        def replica_train(x, y):
+            count = tf.cast(tf.shape(_first(y))[0], tf.float32)
+            global_count = tf.distribute.get_replica_context().all_reduce(sum_op, count)
+            gradients, sums = replica_gradients(x, y, global_count)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return sums
 
         def reduced(fn):
             @tf.function(reduce_retracing=True)

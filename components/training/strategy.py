@@ -111,25 +111,33 @@ def resolve_kind(distribution: str, num_gpus: int, num_cpus: int, workers: int) 
 
 
 def make_strategy(distribution: str, logical_cpu_devices: Optional[int] = None) -> Placement:
-    """Configure devices and create the strategy; call before building any model or dataset."""
+    """Configure devices and create the strategy; call before building any model or dataset.
+
+    MultiWorkerMirroredStrategy must configure collective ops before TensorFlow initialises its
+    context, so it is created first, before any device is listed.
+    """
     import tensorflow as tf
+
+    workers = cluster_size()
+    if distribution == "multi_worker" or (distribution == "auto" and workers > 1):
+        if not tf_config():
+            raise DeviceSetupError(
+                "train.distribution=multi_worker: expected TF_CONFIG to describe the cluster "
+                "({\"cluster\": {\"worker\": [host:port, ...]}, \"task\": {...}}), got no TF_CONFIG")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        return Placement(strategy=strategy, kind="multi_worker", on_gpu=on_gpu, is_chief=is_chief_task())
 
     configure_logical_cpus(logical_cpu_devices)
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
-    kind = resolve_kind(distribution, len(gpus), len(cpus) if logical_cpu_devices else 1, cluster_size())
+    kind = resolve_kind(distribution, len(gpus), len(cpus) if logical_cpu_devices else 1, workers)
     if kind == "default":
         strategy = tf.distribute.get_strategy()
     elif kind == "one_device":
         strategy = tf.distribute.OneDeviceStrategy((gpus or cpus)[0].name)
     elif kind == "mirrored":
         strategy = tf.distribute.MirroredStrategy([d.name for d in (gpus or cpus)])
-    elif kind == "multi_worker":
-        if cluster_size() < 2 and not tf_config():
-            raise DeviceSetupError(
-                "train.distribution=multi_worker: expected TF_CONFIG to describe the cluster "
-                "({\"cluster\": {\"worker\": [host:port, ...]}, \"task\": {...}}), got no TF_CONFIG")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         raise DeviceSetupError(
             f"train.distribution: expected auto, default, one_device, mirrored or multi_worker, got {distribution!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -178,7 +177,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
         logs.close()
         backups.close()
 
-    if progress.best_weights:
+    if progress.best_weights and placement.is_chief:  # other workers keep no best weights, and write no model
         best.load(progress.best_weights)
         log.info("keeping the weights of epoch %d (%s = %.4g)", progress.best_epoch, monitor, progress.best_value)
     result = {
@@ -197,14 +196,12 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
         "seconds": round(progress.seconds, 3),
         "tensorboard_dir": spec.tensorboard_dir,
     }
-    output_dir = Path(spec.output_dir) if placement.is_chief else Path(tempfile.mkdtemp(prefix="convpipe-worker-model-"))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save(output_dir / MODEL_FILE)
-    (output_dir / HISTORY_FILE).write_text(json.dumps(progress.summary(monitor), indent=2, default=_json_number))
-    (output_dir / TRIAL_FILE).write_text(json.dumps(result, indent=2, default=_json_number))
-    if not placement.is_chief:
-        import shutil
-        shutil.rmtree(output_dir, ignore_errors=True)
+    if placement.is_chief:
+        output_dir = Path(spec.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        model.save(output_dir / MODEL_FILE)
+        (output_dir / HISTORY_FILE).write_text(json.dumps(progress.summary(monitor), indent=2, default=_json_number))
+        (output_dir / TRIAL_FILE).write_text(json.dumps(result, indent=2, default=_json_number))
     return result
 
 

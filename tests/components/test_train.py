@@ -75,7 +75,8 @@ def test_mixed_precision_and_xla_on_gpu_only_when_auto():
 # the loop
 # ------------------------------------------------------------------------------------------------
 def test_one_step_is_the_same_under_default_and_mirrored_with_an_uneven_batch():
-    """7 examples over 2 replicas (4 + 3): the per-replica weighting must give the default strategy's update."""
+    """7 examples over 2 replicas (4 + 3): the per-replica weighting must give the default strategy's
+    update; with jit_compile (XLA) too."""
     result = python("""
         import json, keras, numpy as np, tensorflow as tf
         from components.training.strategy import configure_logical_cpus
@@ -84,15 +85,16 @@ def test_one_step_is_the_same_under_default_and_mirrored_with_an_uneven_batch():
         rng = np.random.default_rng(0)
         x = rng.normal(size=(7, 4)).astype("float32"); y = np.eye(3, dtype="float32")[rng.integers(0, 3, 7)]
         out = {}
-        for name, strategy in (("default", tf.distribute.get_strategy()),
-                               ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+        mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        for name, strategy, jit in (("default", tf.distribute.get_strategy(), False), ("mirrored", mirrored, False),
+                                    ("default_jit", tf.distribute.get_strategy(), True), ("mirrored_jit", mirrored, True)):
             keras.utils.set_random_seed(0)
             with strategy.scope():
                 inputs = keras.Input((4,))
                 model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(5, activation="relu")(inputs)))
                 optimizer = keras.optimizers.SGD(0.5)
                 loss = keras.losses.CategoricalCrossentropy(from_logits=True)
-            steps = StepFunctions(strategy, model, optimizer, loss)
+            steps = StepFunctions(strategy, model, optimizer, loss, jit_compile=jit)
             dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(7)
             sums = [{k: float(v) for k, v in steps.train_step(b).items()} for b in steps.distribute(dataset)][0]
             out[name] = {"replicas": strategy.num_replicas_in_sync, "sums": sums,
@@ -103,9 +105,10 @@ def test_one_step_is_the_same_under_default_and_mirrored_with_an_uneven_batch():
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["default"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
     assert out["mirrored"]["sums"]["count"] == 7
-    assert out["mirrored"]["sums"]["loss"] == pytest.approx(out["default"]["sums"]["loss"], rel=1e-5)
-    for default, mirrored in zip(out["default"]["weights"], out["mirrored"]["weights"]):
-        np.testing.assert_allclose(mirrored, default, rtol=1e-5, atol=1e-6)
+    for other in ("mirrored", "default_jit", "mirrored_jit"):
+        assert out[other]["sums"]["loss"] == pytest.approx(out["default"]["sums"]["loss"], rel=1e-5)
+        for default, weights in zip(out["default"]["weights"], out[other]["weights"]):
+            np.testing.assert_allclose(weights, default, rtol=1e-5, atol=1e-6)
 
 
 def test_default_strategy_trains_and_writes_the_model_artifact(tmp_path):
@@ -286,3 +289,52 @@ def test_best_epoch_ties_are_broken_by_the_lower_loss():
     assert not progress.improved("val_accuracy", 1.0, 0.4)
     assert not progress.improved("val_accuracy", float("nan"), 0.1)
     assert not progress.improved("val_accuracy", 0.9, 0.01)
+
+
+def test_mixed_float16_trains_with_loss_scaling_and_float32_logits(tmp_path):
+    import keras
+
+    from components.model_artifact import load_keras_model
+
+    examples_dir = fx.write_examples(tmp_path / "examples")
+    config = fx.tiny_config(tmp_path, mixed_precision="mixed_float16", epochs=1)
+    ctx = run_train(tmp_path, config, examples_dir)
+    trial = json.loads((ctx.outputs["model"] / "trial.json").read_text())
+    assert trial["params"]["precision"] == "mixed_float16"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored afterwards
+    model = load_keras_model(ctx.outputs["model"])
+    assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+    assert model.output.dtype == "float32"
+
+
+@pytest.mark.slow
+def test_two_local_workers_train_in_step_and_only_the_chief_writes(tmp_path):
+    import socket
+
+    from components.training.trial import TrialSpec
+
+    examples_dir = fx.write_examples(tmp_path / "examples")
+    config = fx.tiny_config(tmp_path, distribution="multi_worker", epochs=2, save_freq_steps=3)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("localhost", 0))
+            ports.append(probe.getsockname()[1])
+    processes = []
+    for index in range(2):
+        spec = TrialSpec(config=config.to_dict(), examples_dir=str(examples_dir), work_dir=str(tmp_path / "work"),
+                         output_dir=str(tmp_path / "out"), tensorboard_dir=str(tmp_path / "tb"), name="two-workers")
+        (tmp_path / f"spec{index}.json").write_text(spec.to_json())
+        tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, PYTHONPATH=str(PROJECT), TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(tf_config))
+        processes.append(subprocess.Popen([sys.executable, "-m", "components.training.worker",
+                                           str(tmp_path / f"spec{index}.json")], env=env, cwd=PROJECT,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    epochs = [[line.split("seconds=")[0] for line in log.splitlines() if "INFO epoch " in line] for log in logs]
+    assert len(epochs[0]) == 2 and epochs[0] == epochs[1]  # the same global losses and metrics on both workers
+    assert "multi_worker strategy (2 replica(s))" in logs[1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["history.json", "model.keras", "trial.json"]
+    assert len(list((tmp_path / "work" / "backups").glob("ckpt-*.index"))) == 2
+    assert len(list((tmp_path / "tb").glob("*/events.out.tfevents.*"))) == 2  # train/ and eval/ of the chief only
