@@ -8,6 +8,7 @@
     convpipe tensorboard                   TensorBoard on every run's logs
     convpipe predict --model DIR/NAME [--version V] [--heatmap OUT] IMAGE...
     convpipe describe-model [--config C]   per-layer sizes and receptive fields by the formula
+    convpipe schedule --cron EXPR [--print crontab|systemd] [--once]   the pipeline on a cron schedule
 
 `--config` defaults to ./pipeline_config.json when it exists, else the built-in defaults; `--root`
 (every command) overrides `pipeline.root`. A relative root is relative to the current directory.
@@ -414,6 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", metavar="H,W,C", help="default: from ingest.image_size or the source")
     p.add_argument("--num-classes", type=int, help="default: from the source config")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("schedule", help="run the pipeline on a cron schedule (a service), or print the "
+                                        "equivalent crontab line or systemd units")
+    common(p)
+    p.add_argument("--cron", metavar="EXPR", help='cron expression, e.g. "0 3 * * *" (local time) or @daily')
+    p.add_argument("--print", choices=("crontab", "systemd"), help="print the crontab line or systemd units instead")
+    p.add_argument("--once", action="store_true", help="fire once now and exit with the run's exit code")
+    p.add_argument("--now", action="store_true", help="also fire once at start, then on the schedule")
+    p.add_argument("--grace", type=float, default=3600, metavar="SECONDS",
+                   help="run a firing up to this late (missed firings are coalesced into one); default 3600")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", help="first stage of each run")
+    p.add_argument("--to", dest="to_stage", metavar="STAGE", help="last stage of each run")
     return parser
 
 
@@ -442,6 +455,9 @@ def main(argv: Optional[Sequence[str]] = None, *, stages=None) -> int:
             return cmd_predict(args)
         if args.command == "describe-model":
             return cmd_describe_model(args)
+        if args.command == "schedule":
+            from pipeline.schedule import cmd_schedule
+            return cmd_schedule(args)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
