@@ -9,6 +9,11 @@ and the one-stage detector's whole loss.
 - Smooth L1 on encoded box deltas (Fast R-CNN): quadratic below `beta`, linear above.
 - GIoU loss (Rezatofighi et al. 2019): 1 - GIoU of the decoded box and its target, which still
   has a gradient when the boxes do not overlap.
+- "detector": the loss is the model's own: every detector has `compute_loss(batch)` (models/
+  detector.py), which a training loop calls instead of `loss(y_true, y_pred)`. The two-stage and
+  sliding-window detectors need it (their second stage samples regions from the ground truth
+  inside the forward pass); the one-stage detector configures its `DetectionLoss` from the model
+  parameter `loss`.
 - `DetectionLoss` ("detection"): (y_true, y_pred) with y_true {"boxes" [B, M, 4] rel_xyxy padded,
   "labels" [B, M] with -1 padding} as components/examples.py yields them, y_pred the one-stage
   detector's dict {"class_logits" [B, N, K], "box_deltas" [B, N, 4], "anchors" [B, N, 4]}. Anchors
@@ -43,7 +48,8 @@ def sigmoid_focal(targets, logits, alpha: Optional[float] = 0.25, gamma=2.0):
     targets = ops.cast(targets, logits.dtype)
     probs = ops.sigmoid(logits)
     p_t = probs * targets + (1.0 - probs) * (1.0 - targets)
-    loss = sigmoid_cross_entropy(targets, logits) * ops.power(ops.maximum(1.0 - p_t, 0.0), gamma)
+    # The floor keeps d/dp (1 - p_t)^gamma finite for gamma < 1 (automated focal) once p_t rounds to 1.
+    loss = sigmoid_cross_entropy(targets, logits) * ops.power(ops.maximum(1.0 - p_t, 1e-7), gamma)
     if alpha is not None:
         loss = loss * (alpha * targets + (1.0 - alpha) * (1.0 - targets))
     return loss
@@ -202,6 +208,28 @@ class DetectionLoss:
         return {"classification": self.classification, "box": self.box, "alpha": self.alpha, "gamma": self.gamma,
                 "beta": self.beta, "box_weight": self.box_weight, "positive_iou": self.positive_iou,
                 "negative_iou": self.negative_iou, "force_best": self.force_best, "variances": self.variances}
+
+
+class ModelDefinedLoss:
+    """The "detector" loss: a marker telling the training loop to call `model.compute_loss(batch)`."""
+
+    model_defined = True
+
+    def __call__(self, y_true, y_pred):
+        raise TypeError("train.loss='detector': this loss is computed by the model; call model.compute_loss(batch) "
+                        "(a dict with 'loss') instead of loss(y_true, y_pred)")
+
+    def get_config(self) -> dict:
+        return {}
+
+
+@LOSSES.register("detector")
+def detector(**params) -> ModelDefinedLoss:
+    """The detector's own loss (`model.compute_loss(batch)`); configure it in model.params."""
+    if params:
+        raise ValueError(f"train.loss='detector' takes no loss_params (the model's parameters configure its loss), "
+                         f"received {sorted(params)}")
+    return ModelDefinedLoss()
 
 
 @LOSSES.register("detection")

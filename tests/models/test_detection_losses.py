@@ -94,3 +94,12 @@ def test_detection_loss_rejects_unknown_terms():
         dl.DetectionLoss(box="l2")
     with pytest.raises(ValueError, match="classification"):
         dl.DetectionLoss(classification="softmax")
+
+
+def test_the_detector_loss_defers_to_the_model():
+    marker = get_loss("detector")
+    assert marker.model_defined
+    with pytest.raises(TypeError, match="model.compute_loss"):
+        marker({}, {})
+    with pytest.raises(ValueError, match="takes no loss_params"):
+        get_loss("detector", gamma=2.0)

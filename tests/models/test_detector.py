@@ -180,3 +180,19 @@ def test_save_and_load_round_trip(stage, params, tmp_path):
     loaded = keras.models.load_model(path)
     before, after = model(images), loaded(images)
     np.testing.assert_allclose(after["class_logits"].numpy(), before["class_logits"].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["detection", "detection_two_stage", "detection_sliding_window"])
+def test_detection_configs_load_and_build(name):
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.json")
+    assert config.ingest.task == "detection" and config.model.name == "detector"
+    source = config.ingest.source
+    model = build_model(config.model.name, (source.image_size, source.image_size, 3), source.num_classes,
+                        **config.model.params)
+    found = model.detect(np.zeros((1, source.image_size, source.image_size, 3), np.float32),
+                         max_detections=config.export.max_detections)
+    assert found["boxes"].shape == (1, config.export.max_detections, 4)
