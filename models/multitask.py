@@ -152,19 +152,27 @@ def _upsample_factor(small: Sequence[int], large: Sequence[int], where: str) -> 
     return tuple(factors)
 
 
-def _segmentation_head(image_size, taps, num_classes: int):
+def _segmentation_head(image_size, taps, num_classes: int, filters: int):
     """FCN-8s style: scores of the deepest features, upsampled (transposed conv, kernel 2 x factor)
-    and summed with 1x1-conv scores of every shallower block, then up to the input size."""
+    and summed with 1x1-conv scores of every shallower block, then up to the input size. With
+    `filters` > 0 each block's features first pass a 3x3 conv of its own (task-specific capacity
+    between the shared features and the scores)."""
+    def score(features, level):
+        if filters:
+            features = keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
+                                           name=f"segmentation_conv{level}")(features)
+        return keras.layers.Conv2D(num_classes, 1, name=f"segmentation_score{level}")(features)
+
     deepest = len(taps)
-    x = keras.layers.Conv2D(num_classes, 1, name=f"segmentation_score{deepest}")(taps[-1])
+    x = score(taps[-1], deepest)
     for level in range(deepest - 1, 0, -1):
         skip = taps[level - 1]
         factor = _upsample_factor(x.shape[1:3], skip.shape[1:3], f"block{level + 1} -> block{level}")
         if factor != (1, 1):
             x = keras.layers.Conv2DTranspose(num_classes, tuple(2 * f for f in factor), strides=factor,
                                              padding="same", name=f"segmentation_up{level + 1}")(x)
-        score = keras.layers.Conv2D(num_classes, 1, name=f"segmentation_score{level}")(skip)
-        x = keras.layers.Add(name=f"segmentation_fuse{level}")([x, score])
+        score_map = score(skip, level)
+        x = keras.layers.Add(name=f"segmentation_fuse{level}")([x, score_map])
     factor = _upsample_factor(x.shape[1:3], image_size, "block1 -> input")
     if factor != (1, 1):
         x = keras.layers.Conv2DTranspose(num_classes, tuple(2 * f for f in factor), strides=factor,
@@ -172,10 +180,13 @@ def _segmentation_head(image_size, taps, num_classes: int):
     return keras.layers.Activation("linear", dtype="float32", name="segmentation_logits")(x)
 
 
-def _detection_head(features, num_classes: int, anchors_per_location: int, filters: int):
+def _detection_head(features, num_classes: int, anchors_per_location: int, filters: int, convs: int):
     rows, cols = features.shape[1], features.shape[2]
     count = rows * cols * anchors_per_location
-    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name="detection_conv")(features)
+    x = features
+    for k in range(1, convs + 1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
+                                name="detection_conv" if k == 1 else f"detection_conv{k}")(x)
     boxes = keras.layers.Conv2D(anchors_per_location * 4, 1, name="detection_box_conv")(x)
     prior = -math.log((1.0 - FOCAL_PRIOR) / FOCAL_PRIOR)
     classes = keras.layers.Conv2D(anchors_per_location * num_classes, 1, name="detection_class_conv",
@@ -227,21 +238,24 @@ def _check_heads(heads) -> list[str]:
 @MODELS.register("multitask")
 def build_multitask(input_shape, num_classes: int, *, heads=("classification",), blocks=DEFAULT_BLOCKS,
                     dense_units: int = 64, dropout: float = 0.0, segmentation_classes: Optional[int] = None,
-                    detection_block: Optional[int] = None, detection_filters: int = 64, anchor_size: Optional[float] = None,
+                    detection_block: Optional[int] = None, detection_filters: int = 64,
+                    detection_convs: int = 1, segmentation_filters: int = 0, anchor_size: Optional[float] = None,
                     anchor_scales=(0.75, 1.0, 1.5), anchor_aspect_ratios=(1.0,), regression_outputs: int = 1,
                     regression_target: str = "count", weighting: str = "static",
                     task_weights: Optional[Mapping[str, float]] = None, initial_log_variance=0.0,
                     name: str = "multitask", **unknown) -> MultitaskModel:
     """Image [H, W, C] -> {head: float32 output} for every head in `heads`.
 
-    `anchor_size` is the detection anchors' base side in pixels (default 0.4 x the shorter image
+    `detection_convs` 3x3 convs of `detection_filters` precede the detection outputs;
+    `segmentation_filters` > 0 adds a 3x3 conv per block in the decoder. `anchor_size` is the
+    detection anchors' base side in pixels (default 0.4 x the shorter image
     side), multiplied by each of `anchor_scales`; `detection_block` picks the backbone block the
     detection head reads (Python indexing; default the second to last, or the only one).
     """
     if unknown:
         _fail(sorted(unknown)[0], unknown[sorted(unknown)[0]],
               "one of: heads, blocks, dense_units, dropout, segmentation_classes, detection_block, "
-              "detection_filters, anchor_size, anchor_scales, anchor_aspect_ratios, regression_outputs, "
+              "detection_filters, detection_convs, segmentation_filters, anchor_size, anchor_scales, anchor_aspect_ratios, regression_outputs, "
               "regression_target, weighting, task_weights, initial_log_variance, name")
     heads = _check_heads(heads)
     input_shape = tuple(input_shape)
@@ -251,6 +265,9 @@ def build_multitask(input_shape, num_classes: int, *, heads=("classification",),
     _positive_int("num_classes", num_classes)
     _positive_int("dense_units", dense_units)
     _positive_int("detection_filters", detection_filters)
+    _positive_int("detection_convs", detection_convs)
+    if isinstance(segmentation_filters, bool) or not isinstance(segmentation_filters, int) or segmentation_filters < 0:
+        _fail("segmentation_filters", segmentation_filters, "an integer >= 0 (0: 1x1 scores straight from the backbone)")
     _positive_int("regression_outputs", regression_outputs)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         _fail("dropout", dropout, "a float in [0, 1)")
@@ -275,7 +292,7 @@ def build_multitask(input_shape, num_classes: int, *, heads=("classification",),
             outputs[head] = _classification_head(taps[-1], num_classes, dense_units, float(dropout))
             head_config[head] = {"num_classes": num_classes}
         elif head == "segmentation":
-            outputs[head] = _segmentation_head(input_shape[:2], taps, segmentation_classes)
+            outputs[head] = _segmentation_head(input_shape[:2], taps, segmentation_classes, segmentation_filters)
             head_config[head] = {"num_classes": segmentation_classes}
         elif head == "detection":
             level = (-2 if len(taps) > 1 else -1) if detection_block is None else detection_block
@@ -287,7 +304,7 @@ def build_multitask(input_shape, num_classes: int, *, heads=("classification",),
             size = 0.4 * min(input_shape[:2]) if anchor_size is None else _positive_numbers(
                 "anchor_size", [anchor_size])[0]
             per_location = anchor_ops.anchors_per_location(scales, ratios)
-            outputs[head] = _detection_head(features, num_classes, per_location, detection_filters)
+            outputs[head] = _detection_head(features, num_classes, per_location, detection_filters, detection_convs)
             head_config[head] = {"num_classes": num_classes, "image_shape": list(input_shape[:2]),
                                  "feature_shape": [int(features.shape[1]), int(features.shape[2])],
                                  "anchor_size": size, "anchor_scales": scales, "anchor_aspect_ratios": ratios,

@@ -73,6 +73,17 @@ def test_a_subset_of_heads_builds_only_those_heads():
     assert not any(layer.name.startswith("classification") for layer in model.network.layers)
 
 
+def test_head_specific_convolutions():
+    model = _model(["segmentation", "detection"], segmentation_filters=2, detection_convs=2, detection_filters=5)
+    layers = {layer.name: layer for layer in model.network.layers}
+    assert layers["segmentation_conv2"].count_params() == 3 * 3 * 8 * 2 + 2  # on block 2 (8 channels)
+    assert layers["segmentation_conv1"].count_params() == 3 * 3 * 4 * 2 + 2  # on block 1 (4 channels)
+    assert layers["segmentation_score1"].count_params() == 2 * (CLASSES + 1) + CLASSES + 1
+    assert layers["detection_conv"].count_params() == 3 * 3 * 4 * 5 + 5     # reads block 1
+    assert layers["detection_conv2"].count_params() == 3 * 3 * 5 * 5 + 5
+    assert "segmentation_conv1" not in {layer.name for layer in _model(["segmentation"]).network.layers}
+
+
 def test_uncertainty_log_variances_are_model_variables(every_head):
     names = [v.path for v in every_head.trainable_variables if "log_variance" in v.path]
     assert names == [f"task_weighting/log_variance_{h}" for h in HEADS]
