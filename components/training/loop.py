@@ -37,6 +37,18 @@ def classification_sums(y, logits) -> dict:
     return {"accuracy": tf.reduce_sum(tf.cast(correct, tf.float32))}
 
 
+def no_sums(y, logits) -> dict:
+    return {}
+
+
+TASK_METRICS = {"classification": (("accuracy",), classification_sums), "video": (("accuracy",), classification_sums)}
+"""Task -> (metric names, per-replica sums) the loop reports besides the loss; other tasks report the loss only."""
+
+
+def task_metrics(task: str):
+    return TASK_METRICS.get(task, ((), no_sums))
+
+
 def _first(structure):
     import tensorflow as tf
     return tf.nest.flatten(structure)[0]

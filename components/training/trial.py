@@ -37,11 +37,11 @@ class TrialSpec:
         return cls(**json.loads(text))
 
 
-def monitor_for(evaluate_metric: str, has_eval: bool) -> str:
+def monitor_for(evaluate_metric: str, has_eval: bool, computed: tuple = ("accuracy",)) -> str:
     """The metric that picks the best epoch: the evaluation metric on the eval split when training
-    computes it, else the eval loss (or the train loss when there is no eval split)."""
+    computes it (`computed`), else the eval loss (or the train loss when there is no eval split)."""
     prefix = "val_" if has_eval else ""
-    return prefix + (evaluate_metric if evaluate_metric in ("accuracy", "loss") else "loss")
+    return prefix + (evaluate_metric if evaluate_metric in computed else "loss")
 
 
 def trial_params(config, batch_size: int, steps_per_epoch: int, placement, policy: str, jit: bool) -> dict:
@@ -95,7 +95,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     from components.training import builders
     from components.training.backups import Backups, BestWeights
     from components.training.history import Progress
-    from components.training.loop import Plan, StepFunctions, fit
+    from components.training.loop import Plan, StepFunctions, fit, task_metrics
     from components.report import prediction_grid_png
     from components.training.tensorboard import TrainingLogs
 
@@ -110,7 +110,9 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     batch_size = builders.batch_size_for(train, train_size)
     steps_per_epoch = math.ceil(train_size / batch_size)
     has_eval = bool(ex.shard_files(spec.examples_dir, "eval")) and counts.get("eval", 1) > 0
-    monitor = monitor_for(config.evaluate.metric, has_eval)
+    task = schema.get("task", "classification")
+    metric_names, metric_sums = task_metrics(task)
+    monitor = monitor_for(config.evaluate.metric, has_eval, metric_names)
     params = trial_params(config, batch_size, steps_per_epoch, placement, policy, jit)
     log.info("training %s with %s strategy (%d replica(s)), %s, jit_compile=%s, batch %d, %d steps per epoch",
              spec.name, placement.kind, placement.num_replicas, policy, jit, batch_size, steps_per_epoch)
@@ -155,7 +157,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
 
     sample_split = "test" if ex.shard_files(spec.examples_dir, "test") else "train"
     samples = None
-    if train.num_sample_images and placement.is_chief:
+    if train.num_sample_images and placement.is_chief and task == "classification":
         samples = next(iter(ex.make_dataset(spec.examples_dir, sample_split, train.num_sample_images)), None)
 
     def log_samples(epoch: int) -> None:
@@ -169,7 +171,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     plan = Plan(epochs=train.epochs, monitor=monitor, save_freq_steps=train.save_freq_steps,
                 early_stopping_monitor=train.early_stopping.monitor if train.early_stopping.enabled else None,
                 early_stopping_patience=train.early_stopping.patience)
-    steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit)
+    steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit, metric_sums=metric_sums)
     try:
         fit(steps, train_data, eval_data if has_eval else None, plan, progress, backups, best, logs, log,
             on_epoch_end=log_samples)
