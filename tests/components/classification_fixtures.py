@@ -4,7 +4,6 @@ Images are 8x8 RGB; class k lights channel k, so a small CNN separates them in a
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 from pathlib import Path
