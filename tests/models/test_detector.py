@@ -196,3 +196,19 @@ def test_detection_configs_load_and_build(name):
     found = model.detect(np.zeros((1, source.image_size, source.image_size, 3), np.float32),
                          max_detections=config.export.max_detections)
     assert found["boxes"].shape == (1, config.export.max_detections, 4)
+
+
+def test_one_stage_config_loss_is_the_registered_detection_loss():
+    """configs/detection.json trains through loss(y_true, model(x)), the plain Keras-loss contract."""
+    from pathlib import Path
+
+    from models import get_loss
+    from pipeline.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "detection.json")
+    loss = get_loss(config.train.loss, **config.train.loss_params)
+    model = build_model("detector", IMAGE, 2, stage="one", blocks=SMALL_BLOCKS, fpn_filters=8, head_depth=1,
+                        anchor_sizes=[8, 16], loss=config.train.loss_params)
+    images, targets = _batch()
+    np.testing.assert_allclose(float(loss(targets, model(images))),
+                               float(model.compute_loss((images, targets))["loss"]), rtol=1e-6)
