@@ -13,7 +13,6 @@ import math
 from typing import Optional, Sequence
 
 import keras
-import numpy as np
 from keras import ops
 
 from models import anchors as anchor_ops

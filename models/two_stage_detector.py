@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Optional
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from models import anchors as anchor_ops
