@@ -1,6 +1,7 @@
 """`convpipe schedule`: the printed crontab line and systemd units, one firing, and the service's stop."""
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -236,3 +237,60 @@ def test_convpipe_schedule_process_stops_cleanly_on_sigterm(tmp_path, subprocess
     assert lines[0].startswith(f"scheduled: {PYTHON} -m pipeline.cli run --root {root}; next run at ")
     assert "-01-01 00:00:00" in lines[0].split("next run at ")[1]
     assert lines[1:] == ["SIGTERM: stopping", "stopped"]
+
+
+# ---------------------------------------------------------------------- the README agrees
+def _readme_blocks(kind: str) -> list[str]:
+    """The fenced blocks of the README's "Scheduled runs" whose fence names `kind` ("" for none)."""
+    from tests.pipeline.test_beam_at_scale import readme_section
+
+    blocks, current, language = [], None, ""
+    for line in readme_section("Scheduled runs").splitlines(keepends=True):
+        if line.startswith("```") and current is None:
+            current, language = [], line[3:].strip()
+        elif line.startswith("```"):
+            if language == kind:
+                blocks.append("".join(current))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+@pytest.mark.skipif(not CONVPIPE.is_file(), reason="no convpipe script beside this Python")
+def test_readme_shows_what_print_prints(capsys, tmp_path, monkeypatch):
+    project = tmp_path / "convpipe"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    (project / "pipeline_config.json").write_text("{}")          # root: the default, ./artifacts
+
+    def as_in_readme(text):
+        return text.replace(str(CONVPIPE), "/srv/convpipe/.venv/bin/convpipe").replace(str(project), "/srv/convpipe")
+
+    crontab = as_in_readme(printed(capsys, "schedule", "--cron", "0 3 * * *", "--print", "crontab"))
+    systemd = as_in_readme(printed(capsys, "schedule", "--cron", "0 3 * * *", "--print", "systemd"))
+    assert crontab in _readme_blocks("")
+    assert systemd == _readme_blocks("ini")[0]
+
+
+def test_readme_airflow_dag_runs_one_stage_per_task():
+    from components import STAGE_ORDER
+
+    [dag] = [block for block in _readme_blocks("python") if "BashOperator" in block]
+    source = dag.split("\nwith DAG")[0].replace("from airflow", "# from airflow")   # Airflow is not installed here
+    namespace: dict = {}
+    exec(compile(source, "README.md", "exec"), namespace)
+    assert namespace["STAGES"] == list(STAGE_ORDER)
+    for stage in STAGE_ORDER:
+        command = shlex.split(namespace["RUN"].format(stage=stage).split(" && ", 1)[1])
+        assert command[0] == ".venv/bin/convpipe"
+        args = cli.build_parser().parse_args(command[1:])
+        assert (args.command, args.from_stage, args.to_stage, args.root) == ("run", stage, stage, "/srv/convpipe/artifacts")
+
+
+def test_readme_exit_codes_are_the_clis():
+    from tests.pipeline.test_beam_at_scale import readme_section
+
+    table = re.findall(r"^\| (\d+) \|", readme_section("Scheduled runs"), re.M)
+    assert [int(code) for code in table] == [cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_LOCKED,
+                                             cli.EXIT_SIGINT, cli.EXIT_SIGTERM]

@@ -1,0 +1,57 @@
+"""The README's "Running Beam at scale" configs: valid, every flag known to Beam, and the runner they name
+is the one `pipeline/beam.py` builds (our in-process FnApiRunner only for DirectRunner)."""
+import json
+import re
+
+import pytest
+from apache_beam.options.pipeline_options import DirectOptions
+
+from pipeline import beam as beam_lib
+from pipeline.config import parse_config
+from tests.pipeline.conftest import REPO
+
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+CONFIGS = {json.loads(block)["beam"].get("runner", "DirectRunner"): json.loads(block)
+           for block in re.findall(r"```json\n(.*?)\n```", readme_section("Running Beam at scale"), re.S)}
+
+
+def test_the_section_has_one_config_per_runner():
+    assert sorted(CONFIGS) == ["DataflowRunner", "DirectRunner", "FlinkRunner", "SparkRunner"]
+
+
+@pytest.mark.parametrize("runner", sorted(CONFIGS))
+def test_every_flag_reaches_beam(runner):
+    """Beam drops flags it does not know; each README flag must come out with its value."""
+    options = beam_lib.pipeline_options(parse_config(CONFIGS[runner]), job_name="ingest-7").get_all_options()
+    assert options["runner"] == runner and options["job_name"] == "ingest-7"
+    for flag in CONFIGS[runner]["beam"]["args"]:
+        key, value = flag[2:].split("=", 1)
+        assert str(options[key]) == value, flag
+
+
+def test_direct_multi_processing_runs_in_our_fnapi_runner():
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    pipeline = beam_lib.make_pipeline(parse_config(CONFIGS["DirectRunner"]))
+    assert isinstance(pipeline.runner, FnApiRunner)
+    direct = pipeline.options.view_as(DirectOptions)
+    assert (direct.direct_running_mode, direct.direct_num_workers) == ("multi_processing", 4)
+    typed = parse_config({"beam": {"direct_running_mode": "multi_processing", "direct_num_workers": 4}})
+    assert beam_lib.pipeline_options(typed).view_as(DirectOptions).direct_running_mode == "multi_processing"
+
+
+@pytest.mark.parametrize("runner, module", [("FlinkRunner", "flink_runner"), ("SparkRunner", "spark_runner")])
+def test_cluster_runners_are_beams_own(runner, module):
+    """Building the pipeline starts nothing (no job server, no download); Beam's runner class is used."""
+    import importlib
+
+    pipeline = beam_lib.make_pipeline(parse_config(CONFIGS[runner]))
+    cls = getattr(importlib.import_module(f"apache_beam.runners.portability.{module}"), runner)
+    assert type(pipeline.runner) is cls
