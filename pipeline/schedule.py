@@ -33,10 +33,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pipeline.cli import DEFAULT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, load
+from pipeline.config import ConfigError
 from pipeline.cron import CronExpression
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
-DEFAULT_CONFIG = "pipeline_config.json"
 DEFAULT_GRACE_S = 3600
 STOP_TIMEOUT_S = 120.0
 SCHEDULE_LOG = "schedule.log"
@@ -272,13 +272,12 @@ def _logging_to(logs: Optional[Path]):
 
 
 def cmd_schedule(args) -> int:
-    from pipeline.cli import load
-    from pipeline.config import ConfigError
-
     if args.cron is None and not args.once:
         raise ConfigError("convpipe schedule: --cron is required (except with --once), e.g. --cron \"0 3 * * *\"")
     if args.once and args.print:
         raise ConfigError("convpipe schedule: --once and --print do not go together")
+    if not args.grace >= 1:
+        raise ConfigError(f"convpipe schedule: --grace: expected a number of seconds >= 1, got {args.grace:g}")
     cron = CronExpression.parse(args.cron) if args.cron is not None else None
     root = Path(load(args).pipeline.root).resolve()      # validates the config before anything is scheduled
     arguments = run_arguments(args, root)

@@ -115,6 +115,8 @@ def test_bad_cron_or_missing_cron_exits_2(capsys, project):
     assert 'day-of-week field "8"' in capsys.readouterr().err
     assert cli.main(["schedule", "--print", "crontab"]) == 2
     assert "--cron is required" in capsys.readouterr().err
+    assert cli.main(["schedule", "--cron", "@daily", "--grace", "-5"]) == 2
+    assert "--grace: expected a number of seconds >= 1, got -5" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------- firings
