@@ -22,23 +22,32 @@ def _elements(shape) -> int:
     return math.prod(int(d) for d in shape[1:])
 
 
+def _calls(layer):
+    """(input shape, output shape) of every call of `layer` in a functional graph (a shared layer,
+    such as a detection head applied to every pyramid level, is called more than once)."""
+    nodes = [n for n in getattr(layer, "_inbound_nodes", []) if n.input_tensors and n.output_tensors]
+    return [(n.input_tensors[0].shape, n.output_tensors[0].shape) for n in nodes]
+
+
 def layer_flops(layer) -> int:
-    """Forward FLOPs per example of one layer (0 for layers that are not counted)."""
+    """Forward FLOPs per example of one layer, over all its calls (0 for layers that are not counted)."""
     import keras
 
     kernel = getattr(layer, "kernel", None)
     if kernel is None:
         return 0
     k = tuple(int(d) for d in kernel.shape)
-    if isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D):
-        return 2 * _elements(layer.output.shape) * math.prod(k[:-2])
-    if isinstance(layer, keras.layers.Conv1DTranspose | keras.layers.Conv2DTranspose | keras.layers.Conv3DTranspose):
-        return 2 * _elements(layer.input.shape) * math.prod(k[:-1])
-    if isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D):
-        return 2 * _elements(layer.output.shape) * math.prod(k[:-1])
-    if isinstance(layer, keras.layers.Dense):
-        return 2 * _elements(layer.output.shape) * k[0]
-    return 0
+    total = 0
+    for inputs, outputs in _calls(layer):
+        if isinstance(layer, keras.layers.DepthwiseConv1D | keras.layers.DepthwiseConv2D):
+            total += 2 * _elements(outputs) * math.prod(k[:-2])
+        elif isinstance(layer, keras.layers.Conv1DTranspose | keras.layers.Conv2DTranspose | keras.layers.Conv3DTranspose):
+            total += 2 * _elements(inputs) * math.prod(k[:-1])
+        elif isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D):
+            total += 2 * _elements(outputs) * math.prod(k[:-1])
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * _elements(outputs) * k[0]
+    return total
 
 
 def forward_flops(model) -> dict[str, int]:
@@ -48,7 +57,8 @@ def forward_flops(model) -> dict[str, int]:
     counts: dict[str, int] = {}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            counts.update({f"{layer.name}/{name}": value for name, value in forward_flops(layer).items()})
+            calls = max(1, len(_calls(layer)))  # a tower shared by several inputs runs once per call
+            counts.update({f"{layer.name}/{name}": value * calls for name, value in forward_flops(layer).items()})
             continue
         value = layer_flops(layer)
         if value:
