@@ -1,12 +1,13 @@
 """evaluate: Examples + Model -> ModelEvaluation (metrics, predictions, report, blessing).
 
-Runs the trained model on the test split and writes:
-    metrics.json        accuracy, top-k accuracy, loss, macro and per-class precision/recall/F1,
-                        confusion matrix
-    predictions.jsonl   one line per test example: id, source, true, predicted, probability
-    report.html         self-contained: training curves, confusion matrix, metric table, samples
+Runs the trained model on the test split through the task's adapter (components/tasks/, by
+schema["task"]) and writes:
+    metrics.json        the task's metrics (classification: accuracy, top-k accuracy, loss, macro
+                        and per-class precision/recall/F1, confusion matrix)
+    predictions.jsonl   one line per test example: id, source, and the task's prediction
+    report.html         self-contained: the task's sections, training curves, the trial
     blessing.json       whether export may push this model, and why
-    probe/              a few encoded test images export uses to check the SavedModel
+    probe/              a few encoded test inputs export uses to check the SavedModel
 The blessing needs every `evaluate.thresholds` entry met and, when a version is served under
 `export.serving_root/export.model_name` and `evaluate.compare_with_served` is on, the metric
 `evaluate.metric` not worse than the served model's on the same test split (within
@@ -19,13 +20,12 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
+from components.tasks.classification import read_split  # noqa: F401  (tests and tools read splits from here)
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
 
 METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.jsonl"
+PREDICTIONS_FILE = "predictions.jsonl"  # written by the task adapter (components/tasks/base.py)
 REPORT_FILE = "report.html"
 BLESSING_FILE = "blessing.json"
 PROBE_DIR = "probe"
@@ -39,11 +39,14 @@ def parameters(config: PipelineConfig) -> dict:
 
 
 def check(config: PipelineConfig) -> None:
-    from components.classification_metrics import metric_names
+    from components.tasks import get_task
 
-    known = metric_names(config.evaluate.top_k)
-    unknown = [name for name in list(config.evaluate.thresholds) + [config.evaluate.metric] if name not in known]
-    if config.ingest.task == "classification" and unknown:
+    try:
+        known = get_task(config.ingest.task).known_metrics(config.evaluate)
+    except NotImplementedError:
+        known = None
+    unknown = [name for name in list(config.evaluate.thresholds) + [config.evaluate.metric] if name not in (known or [])]
+    if known is not None and unknown:
         raise ConfigError(f"evaluate: unknown metric(s) {unknown} in evaluate.metric/evaluate.thresholds; "
                           f"expected one of {known}")
 
@@ -73,39 +76,11 @@ def served_fingerprint(config: PipelineConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# reading the test split with its raw bytes (the served model takes the bytes as clients send them)
-# ------------------------------------------------------------------------------------------------
-def read_split(examples_dir: str | Path, split: str) -> dict:
-    import tensorflow as tf
-
-    from components import examples as ex
-
-    rows = {"id": [], "source": [], "encoded": [], "label": []}
-    for path in ex.shard_files(examples_dir, split):
-        for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
-            feature = tf.train.Example.FromString(serialized).features.feature
-            rows["id"].append(feature[ex.ID].bytes_list.value[0].decode())
-            rows["source"].append(feature[ex.SOURCE].bytes_list.value[0].decode() if ex.SOURCE in feature else "")
-            rows["encoded"].append(feature[ex.IMAGE].bytes_list.value[0])
-            labels = feature[ex.LABEL].int64_list.value if ex.LABEL in feature else []
-            rows["label"].append(int(labels[0]) if labels else -1)
-    return rows
-
-
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    import tensorflow as tf
-
-    outputs = [tf.nn.softmax(tf.cast(model(images[i:i + batch_size], training=False), tf.float32)).numpy()
-               for i in range(0, len(images), batch_size)]
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
-
-
-# ------------------------------------------------------------------------------------------------
 # blessing
 # ------------------------------------------------------------------------------------------------
-def bless(config: PipelineConfig, metrics: dict, test: dict, log) -> dict:
+def bless(config: PipelineConfig, metrics: dict, task, test: dict, schema: dict, log) -> dict:
     from components import serving
-    from components.classification_metrics import classification_metrics, not_worse
+    from components.classification_metrics import not_worse
 
     evaluate = config.evaluate
     checks = []
@@ -120,9 +95,7 @@ def bless(config: PipelineConfig, metrics: dict, test: dict, log) -> dict:
         path = serving.version_dir(model_dir)
         metric = evaluate.metric
         try:
-            outputs = serving.ServedModel(path).classify_bytes(test["encoded"])
-            served_metrics = classification_metrics(test["label"], outputs["probabilities"], metrics["class_names"],
-                                                    evaluate.top_k)
+            served_metrics = task.evaluate_served(path, test, schema, evaluate)
             served = {"version": int(path.name), "path": str(path), "metrics": served_metrics}
             checks.append({"kind": "served", "metric": metric, "value": metrics[metric],
                            "reference": served_metrics[metric], "passed": not_worse(
@@ -145,73 +118,43 @@ def bless(config: PipelineConfig, metrics: dict, test: dict, log) -> dict:
 # ------------------------------------------------------------------------------------------------
 def executor(ctx: ExecutionContext) -> None:
     from components import examples as ex
-    from components import serving
-    from components.classification_metrics import classification_metrics
     from components.model_artifact import HISTORY_FILE, TRIAL_FILE, load_keras_model, read_json
-    from components.report import render_report
+    from components.report import render_page
+    from components.tasks import get_task
 
     config = ctx.config
     examples_dir, model_dir = ctx.inputs["examples"].uri, ctx.inputs["model"].uri
     out = Path(ctx.outputs["evaluation"])
     schema = ex.read_schema(examples_dir)
-    if schema.get("task") != "classification":
-        raise StageError(f"evaluate: expected a classification Examples artifact, got task {schema.get('task')!r} "
-                         f"in {Path(examples_dir) / ex.SCHEMA_FILE}")
-    class_names = schema["class_names"]
-    test = read_split(examples_dir, SPLIT)
+    task = get_task(schema.get("task", "classification"))
+    try:
+        test = task.read_test(examples_dir, schema)
+    except ValueError as exc:
+        raise StageError(f"evaluate: {exc}") from exc
     if not test["id"]:
         raise StageError(f"evaluate: the {SPLIT} split of {examples_dir} is empty; nothing to evaluate on")
-    bad = sorted({label for label in test["label"] if not 0 <= label < len(class_names)})
-    if bad:
-        raise StageError(f"evaluate: {SPLIT} labels {bad} are outside 0..{len(class_names) - 1} ({examples_dir})")
 
     model = load_keras_model(model_dir)
-    images = serving.decode_images(test["encoded"], schema["image_size"])
-    probabilities = predict_probabilities(model, images)
-    metrics = classification_metrics(test["label"], probabilities, class_names, config.evaluate.top_k)
-    ctx.log.info("test split (%d examples): accuracy %.4f, top-%d accuracy %.4f, loss %.4f", metrics["num_examples"],
-                 metrics["accuracy"], metrics["top_k"], metrics[f"top_{metrics['top_k']}_accuracy"], metrics["loss"])
-
-    predicted = probabilities.argmax(axis=1)
-    with open(out / PREDICTIONS_FILE, "w") as handle:
-        for i, example_id in enumerate(test["id"]):
-            handle.write(json.dumps({
-                "id": example_id, "source": test["source"][i],
-                "true": class_names[test["label"][i]], "true_id": test["label"][i],
-                "predicted": class_names[predicted[i]], "predicted_id": int(predicted[i]),
-                "probability": float(probabilities[i, predicted[i]]),
-            }) + "\n")
+    evaluation = task.evaluate(model, test, schema, config.evaluate, out)
+    metrics = evaluation.metrics
+    ctx.log.info("%s", evaluation.summary)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
 
-    blessing = bless(config, metrics, test, ctx.log)
+    blessing = bless(config, metrics, task, test, schema, ctx.log)
     blessing["model_fingerprint"] = ctx.inputs["model"].fingerprint
     (out / BLESSING_FILE).write_text(json.dumps(blessing, indent=2))
     ctx.log.info("blessing: %s (%s)", "blessed" if blessing["blessed"] else "NOT blessed",
                  "; ".join(f"{c['kind']} {c['metric']}={c['value']:.4f} vs {c['reference']}: "
                            f"{'pass' if c['passed'] else 'fail'}" for c in blessing["checks"]))
-
-    probe = out / PROBE_DIR
-    probe.mkdir(exist_ok=True)
-    for i, data in enumerate(test["encoded"][:PROBE_COUNT]):
-        (probe / f"{i:03d}.{_extension(data)}").write_bytes(data)
+    task.write_probe(test, out / PROBE_DIR, PROBE_COUNT)
 
     history = _optional_json(model_dir, HISTORY_FILE, read_json)
     trial = _optional_json(model_dir, TRIAL_FILE, read_json)
-    count = min(config.evaluate.num_sample_images, len(test["id"]))
-    samples = {"images": images[:count], "true": test["label"][:count], "predicted": predicted[:count],
-               "probability": probabilities[np.arange(count), predicted[:count]]}
     title = f"{config.pipeline.name}: evaluation of {trial.get('name', 'the trained model') if trial else 'the trained model'}"
-    (out / REPORT_FILE).write_text(render_report(title, metrics, history or {}, blessing, samples, trial))
+    (out / REPORT_FILE).write_text(render_page(title, blessing, evaluation.sections, history or {}, trial))
     ctx.properties["evaluation"] = {"blessed": blessing["blessed"], "metric": config.evaluate.metric,
-                                    "value": metrics[config.evaluate.metric], "accuracy": metrics["accuracy"]}
-
-
-def _extension(data: bytes) -> str:
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:2] == b"\xff\xd8":
-        return "jpg"
-    return "img"
+                                    "value": metrics[config.evaluate.metric],
+                                    **({"accuracy": metrics["accuracy"]} if "accuracy" in metrics else {})}
 
 
 def _optional_json(directory, name, reader) -> Optional[dict]:

@@ -1,10 +1,11 @@
 """export: Model + ModelEvaluation -> PushedModel (a new TF Serving version, when blessed).
 
 Only a blessed model is pushed; otherwise the stage records why not and succeeds. The SavedModel
-(signatures in components/serving.py) is written into `<serving_root>/<model_name>/.tmp-*`, on
-the same filesystem as its final place, then loaded in a fresh Python process and run on the
-evaluation's probe images through both signatures; only when every probability is within
-`export.tolerance` of the Keras model's is the directory renamed to the next numeric version.
+(signatures from the task's adapter, components/tasks/, by trial.json's "task") is written into
+`<serving_root>/<model_name>/.tmp-*`, on the same filesystem as its final place, then loaded in a
+fresh Python process and run on the evaluation's probe inputs through every signature; only when
+every output is within `export.tolerance` of the Keras model's is the directory renamed to the
+next numeric version.
 TF Serving loads any numeric directory it sees, half-copied or not (tensorflow/serving#1086), so
 a version appears complete or not at all. A failed check removes the temporary directory.
 
@@ -19,7 +20,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 
 from pipeline.config import PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
@@ -55,6 +55,8 @@ def next_version_dir(model_dir: Path, temporary: Path) -> Path:
 def executor(ctx: ExecutionContext) -> None:
     from components import serving
     from components.model_artifact import TRIAL_FILE, load_keras_model, read_json
+    from components.tasks import get_task
+    from components.tasks.base import ExportMismatch
 
     config = ctx.config
     evaluation_dir, model_dir = Path(ctx.inputs["evaluation"].uri), Path(ctx.inputs["model"].uri)
@@ -77,37 +79,31 @@ def executor(ctx: ExecutionContext) -> None:
         return
 
     trial = read_json(model_dir, TRIAL_FILE)
-    class_names, image_size = trial["class_names"], trial["input_shape"]
+    task = get_task(trial.get("task", "classification"))
     model = load_keras_model(model_dir)
-    encoded = [p.read_bytes() for p in sorted((evaluation_dir / "probe").glob("*"))]
-    if not encoded:
-        raise StageError(f"export: {evaluation_dir / 'probe'} holds no test images to check the export with")
-    images = serving.decode_images(encoded, image_size)
-    import tensorflow as tf
-    expected = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)).numpy()
+    probe_dir = evaluation_dir / "probe"
+    if not probe_dir.is_dir() or not any(probe_dir.iterdir()):
+        raise StageError(f"export: {probe_dir} holds no test inputs to check the export with")
+    model_info = {"task": task.name, "class_names": trial["class_names"], "input_shape": trial["input_shape"]}
 
     serving_dir.mkdir(parents=True, exist_ok=True)
     temporary = serving_dir / f".tmp-{ctx.execution_id}-{uuid.uuid4().hex[:8]}"
     info = {"model_fingerprint": model_fingerprint, "pipeline_root": str(Path(config.pipeline.root).resolve()),
-            "run_id": ctx.run_id, "execution_id": ctx.execution_id, "class_names": class_names,
-            "image_size": image_size, "evaluation": {blessing["metric"]: blessing["value"]},
+            "run_id": ctx.run_id, "execution_id": ctx.execution_id, **model_info,
+            "image_size": trial["input_shape"][-3:], "evaluation": {blessing["metric"]: blessing["value"]},
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    info.update(task.serving_info(info))
     try:
-        serving.write_saved_model(model, class_names, image_size, temporary, info)
-        outputs = serving.probe_in_fresh_process(temporary, encoded, images, scratch=Path(ctx.work_dir) / "probe")
-        differences = {
-            "serving_default": float(np.abs(outputs["bytes_probabilities"] - expected).max()),
-            "serving_images": float(np.abs(outputs["images_probabilities"] - expected).max()),
-        }
+        serving.write_archive(task.export_archive(model, info), temporary, info)
+        try:
+            differences = task.check_export(temporary, model, probe_dir, info, Path(ctx.work_dir) / "probe")
+        except ExportMismatch as exc:
+            raise StageError(f"export: {exc}; nothing was pushed") from exc
         tolerance = config.export.tolerance
         if max(differences.values()) >= tolerance:
             raise StageError(f"export: the SavedModel loaded in a fresh process disagrees with the Keras model on "
-                             f"{len(encoded)} test images: max |difference| of probabilities {differences} "
+                             f"the probe inputs: max |difference| of outputs {differences} "
                              f"(expected < export.tolerance = {tolerance}); nothing was pushed")
-        names = [class_names[i] for i in expected.argmax(-1)]
-        if list(outputs["bytes_class_name"]) != names:
-            raise StageError(f"export: serving_default class_name {list(outputs['bytes_class_name'])} differs from "
-                             f"the Keras model's {names}; nothing was pushed")
         target = next_version_dir(serving_dir, temporary)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -115,7 +111,7 @@ def executor(ctx: ExecutionContext) -> None:
     version = int(target.name)
     ctx.log.info("export: pushed version %d to %s (max |difference| %.2g)", version, target, max(differences.values()))
     _record(ctx, {"pushed": True, "version": version, "path": str(target), "max_abs_difference": differences,
-                  "signatures": [serving.BYTES_SIGNATURE, serving.IMAGES_SIGNATURE]})
+                  "signatures": list(task.signatures)})
 
 
 STAGE = Stage(

@@ -19,7 +19,7 @@ def load_keras_model(model_dir: str | Path):
     import keras
     import models
 
-    models._load_registrations()
+    models.load_registrations()
     path = Path(model_dir) / MODEL_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: the Model artifact has no {MODEL_FILE}")

@@ -1,8 +1,10 @@
-"""`convpipe predict --model SERVING_DIR/NAME [--version V] IMAGE...`: an exported model on image files.
+"""`convpipe predict --model SERVING_DIR/NAME [--version V] INPUT...`: an exported model on files.
 
-Runs the version's `serving_default` signature on the files' bytes as they are (the SavedModel
-decodes and resizes them itself, as it would behind TF Serving) and prints one line per file:
-`<path>\t<class name>\t<probability>`.
+Runs the version's `serving_default` signature on the files as they are (the SavedModel decodes
+and resizes them itself, as it would behind TF Serving) and prints one line per file; the task
+recorded in the version's convpipe.json picks the adapter (components/tasks/) that reads the
+inputs and formats the lines. Classification: `<path>\t<class name>\t<probability>` per image;
+video: the same per clip (an animated GIF or a folder of numbered frames).
 """
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="SERVING_DIR/NAME",
                         help="model directory holding numeric versions (<export.serving_root>/<export.model_name>)")
     parser.add_argument("--version", type=int, default=None, help="version to use (default: the latest)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, GIF or BMP files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, GIF or BMP files (video: animated GIFs or folders of numbered frames)")
 
 
 def main(args: argparse.Namespace, out=None) -> int:
     from components import serving
+    from components.tasks import get_task
 
     out = out or sys.stdout
     try:
@@ -28,21 +31,19 @@ def main(args: argparse.Namespace, out=None) -> int:
         print(f"predict: {exc}", file=sys.stderr)
         return 2
     files = [Path(p) for p in args.images]
-    missing = [str(p) for p in files if not p.is_file()]
+    missing = [str(p) for p in files if not p.exists()]
     if missing:
-        print(f"predict: image file(s) not found: {', '.join(missing)}", file=sys.stderr)
+        print(f"predict: input file(s) not found: {', '.join(missing)}", file=sys.stderr)
         return 2
-    served = serving.ServedModel(path)
+    task = get_task(serving.read_info(path).get("task", "classification"))
     try:
-        outputs = served.classify_bytes([p.read_bytes() for p in files])
+        lines = task.predict_lines(path, files)
     except Exception as exc:  # tf raises InvalidArgumentError for undecodable bytes
-        print(f"predict: {path} could not classify the files (expected PNG, JPEG, GIF or BMP images): "
-              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+        print(f"predict: {path} could not classify the files (expected {task.name} inputs: PNG, JPEG, GIF or BMP "
+              f"images): {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 1
-    for i, file in enumerate(files):
-        name = outputs["class_name"][i].decode()
-        probability = float(outputs["probabilities"][i].max())
-        print(f"{file}\t{name}\t{probability:.4f}", file=out)
+    for line in lines:
+        print(line, file=out)
     return 0
 
 

@@ -112,13 +112,43 @@ def _image(png: Optional[bytes], alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="{data_uri(png)}">' if png else f"<p>({html.escape(alt)}: no data)</p>"
 
 
-def render_report(title: str, metrics: dict, history: dict, blessing: dict, samples: Optional[dict] = None,
-                  trial: Optional[dict] = None) -> str:
-    """The report as one HTML string. `samples`: images, true, predicted, probability, ids."""
+def table_html(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    return _table(header, rows)
+
+
+def image_html(png: Optional[bytes], alt: str) -> str:
+    return _image(png, alt)
+
+
+def metrics_sections(metrics: dict) -> list[tuple[str, str]]:
+    """The scalar metrics table: every float in `metrics`, and the number of examples."""
+    rows = [(name, metrics[name]) for name in metrics if isinstance(metrics[name], float)]
+    if "num_examples" in metrics:
+        rows.append(("examples", metrics["num_examples"]))
+    return [("Test metrics", _table(["metric", "value"], rows))]
+
+
+def classification_sections(metrics: dict, samples: Optional[dict] = None,
+                            sample_images: Optional[np.ndarray] = None) -> list[tuple[str, str]]:
+    """Test metrics, per-class table, confusion matrix and (optionally) the sample grid.
+    `sample_images` replaces `samples["images"]` in the grid (e.g. frames side by side for clips)."""
     class_names = metrics["class_names"]
-    summary_rows = [(name, metrics[name]) for name in metrics
-                    if isinstance(metrics[name], float)] + [("examples", metrics["num_examples"])]
     per_class = [(name, v["precision"], v["recall"], v["f1"], v["support"]) for name, v in metrics["per_class"].items()]
+    sections = metrics_sections(metrics) + [
+        ("Per class", _table(["class", "precision", "recall", "f1", "support"], per_class)),
+        ("Confusion matrix", _image(confusion_matrix_png(metrics["confusion_matrix"], class_names), "confusion matrix")),
+    ]
+    if samples and len(samples.get("images", [])):
+        images = samples["images"] if sample_images is None else sample_images
+        sections.append(("Sample predictions", _image(prediction_grid_png(
+            images, samples["true"], samples["predicted"], samples["probability"], class_names), "sample predictions")))
+    return sections
+
+
+def render_page(title: str, blessing: dict, sections: Sequence[tuple[str, str]], history: dict,
+                trial: Optional[dict] = None) -> str:
+    """The report as one HTML string: the blessing, the task's `sections` (heading, HTML fragment)
+    in order, the training curves and the trial's parameters."""
     checks = [(c.get("kind", ""), c.get("metric", ""), c.get("value", ""), c.get("reference", ""),
                "pass" if c.get("passed") else "fail", c.get("detail", "")) for c in blessing.get("checks", [])]
     verdict = ('<p class="blessed">Blessed</p>' if blessing.get("blessed")
@@ -129,20 +159,15 @@ def render_report(title: str, metrics: dict, history: dict, blessing: dict, samp
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Blessing</h2>", verdict,
         _table(["check", "metric", "value", "reference", "result", "detail"], checks) if checks else "",
-        "<h2>Test metrics</h2>", _table(["metric", "value"], summary_rows),
-        "<h2>Per class</h2>", _table(["class", "precision", "recall", "f1", "support"], per_class),
-        "<h2>Confusion matrix</h2>", _image(confusion_matrix_png(metrics["confusion_matrix"], class_names), "confusion matrix"),
-        "<h2>Training curves</h2>", _image(training_curves_png(history.get("history", {})), "training curves"),
     ]
+    for heading, fragment in sections:
+        parts += [f"<h2>{html.escape(heading)}</h2>", fragment]
+    parts += ["<h2>Training curves</h2>", _image(training_curves_png(history.get("history", {})), "training curves")]
     if history.get("best_epoch"):
         parts.append(f"<p>Best epoch {history['best_epoch']} by {html.escape(str(history.get('monitor')))} "
                      f"= {history.get('best_value'):.4f}; {history.get('epochs_run')} epoch(s) run"
                      f"{', stopped early' if history.get('stopped_early') else ''}"
                      f"{', resumed ' + str(len(history.get('resumes', []))) + ' time(s)' if history.get('resumes') else ''}.</p>")
-    if samples and len(samples.get("images", [])):
-        parts += ["<h2>Sample predictions</h2>",
-                  _image(prediction_grid_png(samples["images"], samples["true"], samples["predicted"],
-                                             samples["probability"], class_names), "sample predictions")]
     if trial:
         params = trial.get("params", {})
         rows = [(k, json_text(v)) for k, v in params.items() if k not in ("model", "train")]
@@ -150,6 +175,13 @@ def render_report(title: str, metrics: dict, history: dict, blessing: dict, samp
         parts += ["<h2>Trial</h2>", _table(["parameter", "value"], rows)]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def render_report(title: str, metrics: dict, history: dict, blessing: dict, samples: Optional[dict] = None,
+                  trial: Optional[dict] = None) -> str:
+    """The classification report (sections from `classification_sections`). `samples`: images, true,
+    predicted, probability."""
+    return render_page(title, blessing, classification_sections(metrics, samples), history, trial)
 
 
 def json_text(value) -> str:

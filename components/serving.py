@@ -1,7 +1,9 @@
-"""The served classifier: the SavedModel signatures, the TF Serving layout, and TF Serving's REST mapping.
+"""Served models: the TF Serving layout, loading a version, and the classifier's SavedModel signatures.
 
 Shared by export (writes a version), evaluate (compares with the version served now) and predict
-(runs a version on image files). A model directory `<serving_root>/<model_name>/` holds numeric
+(runs a version on image files); each task's signatures are built by its adapter
+(components/tasks/), the classifier's here. TF Serving's REST mapping is in
+components/serving_rest.py, the fresh-process check in components/serving_probe.py. A model directory `<serving_root>/<model_name>/` holds numeric
 version directories; TF Serving loads any numeric directory it sees, so a version is written
 under a hidden temporary name and renamed into place only once complete and checked.
 
@@ -13,15 +15,13 @@ sends files as they are. `assets.extra/convpipe.json` records where the version 
 """
 from __future__ import annotations
 
-import base64
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from components.serving_rest import RestError, rest_predict  # noqa: F401  (re-exported: the REST mapping)
 
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
@@ -99,7 +99,13 @@ def export_archive(model, class_names: Sequence[str], image_size: Sequence[int])
 
 
 def write_saved_model(model, class_names: Sequence[str], image_size: Sequence[int], path: str | Path, info: dict) -> None:
-    export_archive(model, class_names, image_size).write_out(str(path), verbose=False)
+    """The classifier's SavedModel with its provenance (`assets.extra/convpipe.json`)."""
+    write_archive(export_archive(model, class_names, image_size), path, info)
+
+
+def write_archive(archive, path: str | Path, info: dict) -> None:
+    """Any task's ExportArchive written as a SavedModel, with `info` as `assets.extra/convpipe.json`."""
+    archive.write_out(str(path), verbose=False)
     target = Path(path) / INFO_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(info, indent=2))
@@ -123,134 +129,44 @@ def decode_images(encoded: Sequence[bytes], image_size: Sequence[int]) -> np.nda
 # running a version
 # ------------------------------------------------------------------------------------------------
 class ServedModel:
-    """A loaded version: call `classify_bytes` / `classify_images` with numpy batches."""
+    """A loaded version: `run(signature, **inputs)` on numpy batches; `classify_bytes` / `classify_images`
+    for the classifier's two signatures. `signatures` names those the version must have."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, signatures: Sequence[str] = (BYTES_SIGNATURE, IMAGES_SIGNATURE)):
         import tensorflow as tf
 
         self.path = Path(path)
         self.loaded = tf.saved_model.load(str(self.path))
-        missing = [name for name in (BYTES_SIGNATURE, IMAGES_SIGNATURE) if name not in self.loaded.signatures]
+        missing = [name for name in signatures if name not in self.loaded.signatures]
         if missing:
-            raise ValueError(f"{self.path}: expected signatures {BYTES_SIGNATURE} and {IMAGES_SIGNATURE}, "
+            raise ValueError(f"{self.path}: expected signatures {list(signatures)}, "
                              f"missing {missing} (found {sorted(self.loaded.signatures)})")
         self.info = read_info(self.path)
 
-    def classify_bytes(self, encoded: Sequence[bytes], batch_size: int = 64) -> dict:
+    def run(self, signature: str, batch_size: int = 64, **inputs) -> dict:
+        """Every output of `signature` on `inputs` (numpy arrays with one batch axis), in chunks."""
         import tensorflow as tf
 
-        signature = self.loaded.signatures[BYTES_SIGNATURE]
-        return _batched(lambda chunk: signature(**{BYTES_INPUT: tf.constant(list(chunk), dtype=tf.string)}),
-                        list(encoded), batch_size)
+        function = self.loaded.signatures[signature]
+        specs = function.structured_input_signature[1]
+        arrays = {name: np.asarray(value) for name, value in inputs.items()}
+        count = len(next(iter(arrays.values()))) if arrays else 0
+        parts: dict[str, list] = {}
+        for start in range(0, count, batch_size):
+            chunk = {name: tf.constant(value[start:start + batch_size].tolist() if specs[name].dtype == tf.string
+                                       else value[start:start + batch_size], dtype=specs[name].dtype)
+                     for name, value in arrays.items()}
+            for key, value in function(**chunk).items():
+                parts.setdefault(key, []).append(value.numpy())
+        return {key: np.concatenate(chunks) for key, chunks in parts.items()}
+
+    def classify_bytes(self, encoded: Sequence[bytes], batch_size: int = 64) -> dict:
+        values = np.empty(len(encoded), dtype=object)
+        values[:] = [bytes(e) for e in encoded]
+        return self.run(BYTES_SIGNATURE, batch_size, **{BYTES_INPUT: values})
 
     def classify_images(self, images: np.ndarray, batch_size: int = 64) -> dict:
-        import tensorflow as tf
-
-        signature = self.loaded.signatures[IMAGES_SIGNATURE]
-        return _batched(lambda chunk: signature(**{IMAGES_INPUT: tf.constant(np.asarray(chunk, np.float32))}),
-                        np.asarray(images, np.float32), batch_size)
-
-
-def _batched(call, values, batch_size: int) -> dict:
-    parts: dict[str, list] = {}
-    for start in range(0, len(values), batch_size):
-        for key, value in call(values[start:start + batch_size]).items():
-            parts.setdefault(key, []).append(value.numpy())
-    return {key: np.concatenate(chunks) for key, chunks in parts.items()}
-
-
-# ------------------------------------------------------------------------------------------------
-# TF Serving's REST predict API, mapped onto a signature
-# ------------------------------------------------------------------------------------------------
-class RestError(ValueError):
-    """A request TF Serving would reject with 400; the message says what was expected."""
-
-
-def _decode_value(value):
-    """`{"b64": "..."}` becomes bytes (TF Serving's rule for binary values); lists recurse."""
-    if isinstance(value, dict):
-        if set(value) != {"b64"}:
-            raise RestError(f"expected a binary value as {{\"b64\": \"...\"}}, got an object with keys {sorted(value)}")
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (ValueError, TypeError) as exc:
-            raise RestError(f"b64: not valid base64 ({exc})") from None
-    if isinstance(value, list):
-        return [_decode_value(v) for v in value]
-    return value
-
-
-def _encode_value(value):
-    """Outputs as JSON: strings whose name ends in _bytes go back as b64, like TF Serving."""
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"b64": base64.b64encode(value).decode()}
-    if isinstance(value, np.ndarray):
-        return [_encode_value(v) for v in value] if value.dtype == object else value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def rest_predict(signature, request: dict) -> dict:
-    """Answer a TF Serving REST `:predict` body the way TF Serving maps it onto `signature`.
-
-    Row format `{"instances": [...]}`: each instance is the value of the single input, or an object
-    of input name -> value; the answer is `{"predictions": [...]}` with one entry per instance (a
-    bare value when the signature has one output, else an object). Columnar format
-    `{"inputs": ...}` answers `{"outputs": ...}`. Binary values travel as `{"b64": "..."}`.
-    """
-    import tensorflow as tf
-
-    if not isinstance(request, dict) or ("instances" in request) == ("inputs" in request):
-        raise RestError('expected a JSON object with exactly one of "instances" (row format) or "inputs" (columnar)')
-    positional, named_specs = signature.structured_input_signature
-    input_specs = dict(named_specs) or {spec.name: spec for spec in positional}
-    input_names = sorted(input_specs)
-    outputs_spec = signature.structured_outputs
-
-    def tensor(name, values):
-        spec = input_specs[name]
-        try:
-            return tf.constant(values, dtype=spec.dtype)
-        except (TypeError, ValueError) as exc:
-            raise RestError(f"input {name!r}: expected values of type {spec.dtype.name} and shape {spec.shape}; {exc}") from None
-
-    if "instances" in request:
-        instances = request["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise RestError('"instances": expected a non-empty list')
-        named = all(isinstance(i, dict) and "b64" not in i for i in instances)
-        if named:
-            columns = {name: [_decode_value(i.get(name)) for i in instances] for name in input_names}
-            missing = [name for name, column in columns.items() if any(v is None for v in column)]
-            if missing:
-                raise RestError(f"instances: every instance must name the inputs {input_names}; missing {missing}")
-        else:
-            if len(input_names) != 1:
-                raise RestError(f"instances: the signature has inputs {input_names}; name them in each instance")
-            columns = {input_names[0]: [_decode_value(i) for i in instances]}
-        result = signature(**{name: tensor(name, values) for name, values in columns.items()})
-        result = {key: value.numpy() for key, value in result.items()}
-        count = len(instances)
-        if len(outputs_spec) == 1:
-            only = next(iter(result.values()))
-            return {"predictions": [_encode_value(only[i]) for i in range(count)]}
-        return {"predictions": [{key: _encode_value(value[i]) for key, value in result.items()} for i in range(count)]}
-
-    inputs = request["inputs"]
-    if not isinstance(inputs, dict):
-        if len(input_names) != 1:
-            raise RestError(f"inputs: the signature has inputs {input_names}; give an object naming each")
-        inputs = {input_names[0]: inputs}
-    unknown = sorted(set(inputs) - set(input_names))
-    if unknown:
-        raise RestError(f"inputs: unknown input(s) {unknown}; the signature takes {input_names}")
-    result = signature(**{name: tensor(name, _decode_value(value)) for name, value in inputs.items()})
-    result = {key: _encode_value(value.numpy()) for key, value in result.items()}
-    return {"outputs": next(iter(result.values())) if len(result) == 1 else result}
+        return self.run(IMAGES_SIGNATURE, batch_size, **{IMAGES_INPUT: np.asarray(images, np.float32)})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,43 +174,16 @@ def rest_predict(signature, request: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 def probe_in_fresh_process(saved_model: str | Path, encoded: Sequence[bytes], images: np.ndarray, scratch: str | Path,
                            timeout: float = 600) -> dict:
-    """Load `saved_model` in a new Python process and run both signatures; returns their outputs.
+    """The classifier's two signatures run by a new Python process (components/serving_probe.py):
+    bytes_probabilities, bytes_class_id, bytes_class_name, images_probabilities, images_class_id."""
+    from components.serving_probe import run_in_fresh_process
 
-    A fresh process proves the SavedModel stands alone: nothing from this process (registered
-    Keras objects, live variables, traced functions) can leak into the check.
-    """
-    scratch = Path(scratch)
-    scratch.mkdir(parents=True, exist_ok=True)
-    request, answer = scratch / "probe_in.npz", scratch / "probe_out.npz"
-    encoded = [bytes(e) for e in encoded]
-    np.savez(request, encoded=np.frombuffer(b"".join(encoded), np.uint8),
-             lengths=np.array([len(e) for e in encoded], np.int64), images=np.asarray(images, np.float32))
-    project = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=project + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
-               TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    process = subprocess.run([sys.executable, "-m", "components.serving", str(saved_model), str(request), str(answer)],
-                             capture_output=True, text=True, env=env, timeout=timeout)
-    if process.returncode != 0:
-        tail = "\n".join((process.stdout + process.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"{saved_model}: loading in a fresh process failed (exit {process.returncode}):\n{tail}")
-    with np.load(answer, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
-
-
-def _probe_main(argv: Sequence[str]) -> int:
-    saved_model, request, answer = argv
-    with np.load(request, allow_pickle=False) as data:
-        flat, lengths, images = data["encoded"].tobytes(), data["lengths"], data["images"]
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    encoded = [flat[offsets[i]:offsets[i + 1]] for i in range(len(lengths))]
-    served = ServedModel(saved_model)
-    from_bytes = served.classify_bytes(encoded)
-    from_images = served.classify_images(images)
-    np.savez(answer, bytes_probabilities=from_bytes["probabilities"], bytes_class_id=from_bytes["class_id"],
-             bytes_class_name=np.array([n.decode() for n in from_bytes["class_name"]]), images_probabilities=from_images["probabilities"],
-             images_class_id=from_images["class_id"])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_probe_main(sys.argv[1:]))
+    values = np.empty(len(encoded), dtype=object)
+    values[:] = [bytes(e) for e in encoded]
+    outputs = run_in_fresh_process(saved_model, {BYTES_SIGNATURE: {BYTES_INPUT: values},
+                                                 IMAGES_SIGNATURE: {IMAGES_INPUT: np.asarray(images, np.float32)}},
+                                   scratch, timeout)
+    by_bytes, by_images = outputs[BYTES_SIGNATURE], outputs[IMAGES_SIGNATURE]
+    return {"bytes_probabilities": by_bytes["probabilities"], "bytes_class_id": by_bytes["class_id"],
+            "bytes_class_name": by_bytes["class_name"], "images_probabilities": by_images["probabilities"],
+            "images_class_id": by_images["class_id"]}

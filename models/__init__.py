@@ -16,7 +16,9 @@ _REGISTERING_MODULES = ("cnn", "fcn", "detector", "multitask", "video", "losses"
                         "detection_losses", "optimizers")
 
 
-def _load_registrations() -> None:
+def load_registrations() -> None:
+    """Import every registering module, so registered names and Keras serialisables (for
+    `keras.saving.load_model(..., safe_mode=True)`) are known."""
     for name in _REGISTERING_MODULES:
         try:
             importlib.import_module(f"models.{name}")
@@ -25,17 +27,20 @@ def _load_registrations() -> None:
                 raise
 
 
+_load_registrations = load_registrations  # the old private name
+
+
 def build_model(name: str, input_shape, num_classes: int, **params):
     """Builds a registered model by name: `build_model("cnn", (32, 32, 3), 3, blocks=[...])`."""
-    _load_registrations()
+    load_registrations()
     return MODELS.get(name)(input_shape=tuple(input_shape), num_classes=num_classes, **params)
 
 
 def get_loss(name: str, **params):
-    _load_registrations()
+    load_registrations()
     return LOSSES.get(name)(**params)
 
 
 def get_optimizer(name: str, **params):
-    _load_registrations()
+    load_registrations()
     return OPTIMIZERS.get(name)(**params)

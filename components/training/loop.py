@@ -29,26 +29,6 @@ class NonFiniteLoss(ArithmeticError):
         super().__init__(f"loss became {value} at epoch {epoch}, step {step} (global step {global_step})")
 
 
-def classification_sums(y, logits) -> dict:
-    """Per-replica sums for one-hot targets: the number of correct argmax predictions."""
-    import tensorflow as tf
-
-    correct = tf.equal(tf.argmax(logits, axis=-1), tf.argmax(y, axis=-1))
-    return {"accuracy": tf.reduce_sum(tf.cast(correct, tf.float32))}
-
-
-def no_sums(y, logits) -> dict:
-    return {}
-
-
-TASK_METRICS = {"classification": (("accuracy",), classification_sums), "video": (("accuracy",), classification_sums)}
-"""Task -> (metric names, per-replica sums) the loop reports besides the loss; other tasks report the loss only."""
-
-
-def task_metrics(task: str):
-    return TASK_METRICS.get(task, ((), no_sums))
-
-
 def _first(structure):
     import tensorflow as tf
     return tf.nest.flatten(structure)[0]
@@ -57,25 +37,27 @@ def _first(structure):
 class StepFunctions:
     """The compiled train and eval steps for one model, optimizer and loss under one strategy."""
 
-    def __init__(self, strategy, model, optimizer, loss_fn, jit_compile: bool = False,
-                 metric_sums: Callable = classification_sums):
+    def __init__(self, strategy, model, optimizer, loss_fn, jit_compile: bool = False, task=None):
+        """`task`: the TaskAdapter (components/tasks/) that computes each replica's loss and metric
+        sums; classification when None."""
         import tensorflow as tf
 
-        self.strategy, self.model, self.optimizer, self.loss_fn = strategy, model, optimizer, loss_fn
-        self.metric_sums = metric_sums
+        if task is None:
+            from components.tasks import get_task
+            task = get_task("classification")
+        self.strategy, self.model, self.optimizer, self.loss_fn, self.task = strategy, model, optimizer, loss_fn, task
+        metric_sums = task.metric_sums
         sum_op = tf.distribute.ReduceOp.SUM
 
         # A stateful loss (automated focal) offers a twin that reads its state without moving it.
         eval_loss_fn = loss_fn.for_evaluation() if hasattr(loss_fn, "for_evaluation") else loss_fn
 
         def losses_on(x, y, training):
+            # The adapter returns this replica's plain mean loss (a Keras loss's division by the
+            # number of replicas undone); the caller weights it by this replica's share of the batch.
             count = tf.cast(tf.shape(_first(y))[0], tf.float32)
-            logits = model(x, training=training)
-            logits = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), logits)
-            # A Keras loss divides its batch mean by the number of replicas (scale_loss_for_distribution,
-            # so that summed gradients average); undo that and weight by this replica's share instead.
-            loss = (loss_fn if training else eval_loss_fn)(y, logits)
-            mean_loss = tf.cast(loss, tf.float32) * strategy.num_replicas_in_sync
+            logits, mean_loss = task.replica_loss(model, loss_fn if training else eval_loss_fn, x, y, training,
+                                                  strategy.num_replicas_in_sync)
             return logits, mean_loss, count
 
         def replica_gradients(x, y, global_count):

@@ -95,24 +95,23 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     from components.training import builders
     from components.training.backups import Backups, BestWeights
     from components.training.history import Progress
-    from components.training.loop import Plan, StepFunctions, fit, task_metrics
-    from components.report import prediction_grid_png
+    from components.tasks import get_task
+    from components.training.loop import Plan, StepFunctions, fit
     from components.training.tensorboard import TrainingLogs
 
     train = config.train
     schema = ex.read_schema(spec.examples_dir)
     counts = schema.get("split_counts", {})
+    task = get_task(schema.get("task", "classification"))
     class_names = schema["class_names"]
-    input_shape = tuple(schema["image_size"])
+    input_shape = task.input_shape(schema)
     train_size = int(counts.get("train") or sum(1 for _ in ex.iter_records(spec.examples_dir, "train")))
     if train_size == 0:
         raise ValueError(f"{spec.examples_dir}: the train split is empty; nothing to train on")
     batch_size = builders.batch_size_for(train, train_size)
     steps_per_epoch = math.ceil(train_size / batch_size)
     has_eval = bool(ex.shard_files(spec.examples_dir, "eval")) and counts.get("eval", 1) > 0
-    task = schema.get("task", "classification")
-    metric_names, metric_sums = task_metrics(task)
-    monitor = monitor_for(config.evaluate.metric, has_eval, metric_names)
+    monitor = monitor_for(config.evaluate.metric, has_eval, task.metric_names)
     params = trial_params(config, batch_size, steps_per_epoch, placement, policy, jit)
     log.info("training %s with %s strategy (%d replica(s)), %s, jit_compile=%s, batch %d, %d steps per epoch",
              spec.name, placement.kind, placement.num_replicas, policy, jit, batch_size, steps_per_epoch)
@@ -120,8 +119,8 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     keras.utils.set_random_seed(train.seed)
     strategy = placement.strategy
     with strategy.scope():
-        model = builders.build_network(config.model, input_shape, len(class_names))
-        loss = builders.build_loss(train)
+        model = builders.build_network(config.model, input_shape, task.num_classes(schema))
+        loss = task.build_loss(train)
         optimizer = builders.build_optimizer(train, steps_per_epoch, policy)
         optimizer.build(model.trainable_variables)
     progress = Progress()
@@ -157,21 +156,21 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
 
     sample_split = "test" if ex.shard_files(spec.examples_dir, "test") else "train"
     samples = None
-    if train.num_sample_images and placement.is_chief and task == "classification":
+    if train.num_sample_images and placement.is_chief:
         samples = next(iter(ex.make_dataset(spec.examples_dir, sample_split, train.num_sample_images)), None)
 
     def log_samples(epoch: int) -> None:
         if samples is None:
             return
-        images, targets = samples[0].numpy(), samples[1].numpy()
-        probabilities = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32)).numpy()
-        png = prediction_grid_png(images, targets.argmax(-1), probabilities.argmax(-1), probabilities.max(-1), class_names)
-        logs.sample_predictions(epoch, png)
+        targets = tf.nest.map_structure(lambda t: t.numpy(), samples[1])
+        png = task.sample_grid_png(model, samples[0].numpy(), targets, class_names)
+        if png is not None:
+            logs.sample_predictions(epoch, png)
 
     plan = Plan(epochs=train.epochs, monitor=monitor, save_freq_steps=train.save_freq_steps,
                 early_stopping_monitor=train.early_stopping.monitor if train.early_stopping.enabled else None,
                 early_stopping_patience=train.early_stopping.patience)
-    steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit, metric_sums=metric_sums)
+    steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit, task=task)
     try:
         fit(steps, train_data, eval_data if has_eval else None, plan, progress, backups, best, logs, log,
             on_epoch_end=log_samples)
@@ -184,6 +183,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
         log.info("keeping the weights of epoch %d (%s = %.4g)", progress.best_epoch, monitor, progress.best_value)
     result = {
         "name": spec.name,
+        "task": task.name,
         "params": params,
         "class_names": class_names,
         "input_shape": list(input_shape),

@@ -1,0 +1,159 @@
+"""The TaskAdapter: everything train, evaluate, export and predict need to know about one task.
+
+The stages stay task-blind: they read `schema["task"]` (from schema.json, or trial.json /
+the served version's convpipe.json downstream), call `components.tasks.get_task(name)` and use
+the methods below. One adapter per task module (`TASK = MyTask()`); subclass `TaskAdapter`, or a
+sibling adapter when the task is a variant (video is clip classification).
+
+Data an adapter passes to itself between calls:
+  test split   a dict of equal-length lists, at least "id", "source" and "encoded" (what a client
+               would send: bytes of an image, or a list of frame bytes for a clip), plus the
+               task's targets (classification "label": int). Read once by `read_test`, used by
+               `evaluate`, `evaluate_served` and `write_probe`.
+  info         trial.json / convpipe.json fields: "task", "class_names", "input_shape" (the model
+               input without the batch axis), plus anything the adapter adds in `serving_info`.
+
+Every method that runs inside `tf.function` (`replica_loss`, `metric_sums`) must be pure TF.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+@dataclass
+class Evaluation:
+    """What `TaskAdapter.evaluate` returns to the evaluate stage."""
+    metrics: dict
+    """metrics.json: every name `evaluate.metric` and `evaluate.thresholds` may use, as floats."""
+    sections: list = field(default_factory=list)
+    """Report sections in order: (heading, HTML fragment); components/report.py's `table_html`,
+    `image_html` (PNG bytes -> embedded <img>) and `classification_sections` build them."""
+    summary: str = ""
+    """One log line, e.g. "accuracy 0.97, top-2 accuracy 1.00"."""
+
+
+class ExportMismatch(ValueError):
+    """The fresh-process SavedModel disagrees with the Keras model in a way tolerance cannot cover
+    (e.g. different class names); the message says what was expected and what came back."""
+
+
+def keras_replica_loss(model, loss, x, y, training: bool, num_replicas: int):
+    """(outputs, mean loss of this replica's examples) for a batch, the default of `replica_loss`.
+
+    A loss with `model_defined = True` (train.loss "detector") means the model computes its own:
+    `model.compute_loss((x, y), training=...)` returns {"loss": scalar, ...terms}, and that dict is
+    the outputs. Otherwise outputs = model(x) cast to float32 and the loss is `loss(y, outputs)`;
+    a Keras Loss divides its batch mean by the number of replicas (scale_loss_for_distribution),
+    which is undone here so every adapter returns the plain per-replica mean.
+    """
+    import keras
+    import tensorflow as tf
+
+    if getattr(loss, "model_defined", False):
+        parts = model.compute_loss((x, y), training=training)
+        return parts, tf.cast(parts["loss"], tf.float32)
+    outputs = model(x, training=training)
+    outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs)
+    value = tf.cast(loss(y, outputs), tf.float32)
+    if isinstance(loss, keras.losses.Loss) or getattr(loss, "scaled_for_distribution", False):
+        value = value * num_replicas
+    return outputs, value
+
+
+class TaskAdapter:
+    """One task's behaviour in every stage. Defaults suit any model trained by a registered loss."""
+
+    name: str = ""
+    metric_names: tuple = ()
+    """Per-step metrics the training loop logs besides the loss (keys of `metric_sums`); the
+    evaluate metric picks the best epoch when it is among them, else the eval loss does."""
+    signatures: tuple = ()
+    """SavedModel signature names `export_archive` writes (serving_default first)."""
+
+    # --------------------------------------------------------------------------------------------
+    # schema
+    # --------------------------------------------------------------------------------------------
+    def input_shape(self, schema: dict) -> tuple:
+        """The model's input without the batch axis, from schema.json (default: image_size)."""
+        return tuple(int(v) for v in schema["image_size"])
+
+    def num_classes(self, schema: dict) -> int:
+        """`num_classes` for `models.build_model` (default: len(class_names))."""
+        return len(schema["class_names"])
+
+    # --------------------------------------------------------------------------------------------
+    # training (components/training/trial.py and loop.py)
+    # --------------------------------------------------------------------------------------------
+    def build_loss(self, train_section):
+        """The loss object for `train.loss` / `train.loss_params` (a registered name)."""
+        from components.training.builders import build_loss
+
+        return build_loss(train_section)
+
+    def replica_loss(self, model, loss, x, y, training: bool, num_replicas: int):
+        """(outputs, per-replica mean loss) of one replica's share of a batch, inside tf.function.
+        `outputs` goes to `metric_sums`; the loop weights the mean by the replica's example count."""
+        return keras_replica_loss(model, loss, x, y, training, num_replicas)
+
+    def metric_sums(self, y, outputs) -> dict:
+        """{name: sum over this replica's examples} for each of `metric_names` (the loop divides
+        the summed totals by the example count); pure TF."""
+        return {}
+
+    def sample_grid_png(self, model, inputs: np.ndarray, targets, class_names: Sequence[str]) -> Optional[bytes]:
+        """A PNG of sample test inputs with predictions and truths for TensorBoard, or None."""
+        return None
+
+    # --------------------------------------------------------------------------------------------
+    # evaluation (components/evaluate.py)
+    # --------------------------------------------------------------------------------------------
+    def known_metrics(self, evaluate_section) -> Optional[list]:
+        """Names `evaluate.metric` / `evaluate.thresholds` may use (checked before a run), or None."""
+        return None
+
+    def read_test(self, examples_dir: str | Path, schema: dict) -> dict:
+        """The test split as a dict of lists (see the module docstring); labels are range-checked."""
+        raise NotImplementedError(f"task {self.name!r} does not evaluate")
+
+    def evaluate(self, model, test: dict, schema: dict, evaluate_section, out_dir: Path) -> Evaluation:
+        """Run the Keras model on `test`, write `out_dir / PREDICTIONS_FILE` (one JSON line per
+        example with at least "id" and "source"), return the metrics and report sections."""
+        raise NotImplementedError(f"task {self.name!r} does not evaluate")
+
+    def evaluate_served(self, saved_model: Path, test: dict, schema: dict, evaluate_section) -> dict:
+        """The metrics of a served SavedModel version on `test`, through its own serving_default,
+        computed by the same arithmetic as `evaluate` (for the blessing's comparison)."""
+        raise NotImplementedError(f"task {self.name!r} does not evaluate served models")
+
+    def write_probe(self, test: dict, probe_dir: Path, count: int) -> None:
+        """Save the first `count` test inputs as clients send them, for `check_export`."""
+        raise NotImplementedError(f"task {self.name!r} does not export")
+
+    # --------------------------------------------------------------------------------------------
+    # export (components/export.py) and predict (components/predict.py)
+    # --------------------------------------------------------------------------------------------
+    def serving_info(self, info: dict) -> dict:
+        """Extra fields for the version's convpipe.json beyond `info` (default none)."""
+        return {}
+
+    def export_archive(self, model, info: dict):
+        """A `keras.export.ExportArchive` with `signatures`; serving_default takes encoded inputs and
+        does its own pre- and post-processing."""
+        raise NotImplementedError(f"task {self.name!r} does not export")
+
+    def check_export(self, saved_model: Path, model, probe_dir: Path, info: dict, scratch: Path) -> dict:
+        """Load `saved_model` in a fresh process (components/serving_probe.py), run every signature
+        on the probe inputs and compare with the Keras model: {signature: max abs difference}.
+        Raises ExportMismatch for disagreements no tolerance covers."""
+        raise NotImplementedError(f"task {self.name!r} does not export")
+
+    def predict_lines(self, saved_model: Path, paths: Sequence[Path]) -> list:
+        """One printable line per input file for `convpipe predict`, from the version's serving_default.
+        Raises ValueError when a file cannot be read as this task's input."""
+        raise NotImplementedError(f"task {self.name!r} has no predict")
