@@ -316,5 +316,5 @@ def build_multitask(input_shape, num_classes: int, *, heads=("classification",),
     network = keras.Model(images, outputs, name=f"{name}_network")
     weighting_layer = TaskWeighting({head: kind_of_head(head) for head in heads}, mode=weighting,
                                     weights=task_weights, initial_log_variance=initial_log_variance,
-                                    name="task_weighting")
+                                    dtype="float32", name="task_weighting")
     return MultitaskModel(network, weighting_layer, head_config, name=name)

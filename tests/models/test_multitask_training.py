@@ -1,5 +1,7 @@
 """Multitask mechanics: masked means, target presence, the three schedules, forgetting."""
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +151,33 @@ def test_builder_params_apply_train_multitask():
     assert params == {"heads": ["segmentation"], "dense_units": 32, "weighting": "uncertainty",
                       "task_weights": {"segmentation": 0.5}}
     assert builder_params({"heads": ["classification"]})["heads"] == ["classification"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the shipped comparison config
+# ------------------------------------------------------------------------------------------------
+def test_the_multitask_config_loads_and_every_trial_builds():
+    from models import build_model
+    from pipeline.config import apply_override, load_config, load_config_dict, parse_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "multitask.json"
+    config = load_config(path)
+    assert config.ingest.task == "multitask" and config.ingest.source.max_shapes >= 2
+    trials = config.train.sweep["train.multitask"]
+    schemes = {(tuple(t["heads"]), t["weighting"], t["schedule"]) for t in trials}
+    full = ("classification", "segmentation", "detection")
+    assert schemes == {(("classification",), "static", "joint"), (("segmentation",), "static", "joint"),
+                       (("detection",), "static", "joint"), (full, "static", "joint"), (full, "uncertainty", "joint"),
+                       (full, "uncertainty", "alternating"), (full, "uncertainty", "consecutive")}
+    raw = load_config_dict(path)
+    size = tuple(config.ingest.image_size or (config.ingest.source.image_size,) * 2)
+    for value in trials:
+        trial = parse_config(apply_override(raw, "train.multitask=" + json.dumps(value)))
+        section = trial.train.multitask
+        schedule = make_schedule(section.schedule, section.heads, section.ratio, section.epochs_per_task,
+                                 trial.train.epochs)
+        assert schedule.epochs(trial.train.epochs) == 30
+        params = builder_params(trial.model.params, section.heads, section.weighting, section.weights)
+        model = build_model(trial.model.name, (*size, 3), trial.ingest.source.num_classes, **params)
+        assert list(model.heads) == list(section.heads)
+        assert model.task_weighting.mode == section.weighting
