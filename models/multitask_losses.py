@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 import keras
+import numpy as np
 from keras import ops
 
 from models import anchors as anchor_ops
@@ -132,6 +133,11 @@ class MultitaskLoss:
     Built for a model (`MultitaskLoss.for_model(model)`): it reads the heads, their classes,
     anchors and regression target from `model.head_config`, and adds the terms with
     `model.task_weighting`, whose s_i are the model's own variables.
+
+    The schedule reaches a compiled step through `active_tasks`, a non-trainable variable (one 0/1
+    per head, all 1 at first): the loop calls `set_active(schedule.active(epoch, step))` before
+    each step, and every call without an explicit `active` reads it, so the step function keeps
+    its (y, outputs) signature and is never retraced. Build the loss inside the strategy's scope.
     """
 
     def __init__(self, head_config: Mapping, weighting, losses: Optional[Mapping] = None,
@@ -149,6 +155,15 @@ class MultitaskLoss:
         self.ignore_value = self.segmentation_loss.ignore_value
         self.detection_loss = DetectionLoss(**dict(detection_options or {}))
         self.anchors = detection_anchors(head_config["detection"]) if "detection" in self.heads else None
+        self.active_tasks = keras.Variable(np.ones(len(self.heads), np.float32), trainable=False,
+                                           name="active_tasks")
+
+    def set_active(self, active) -> None:
+        """Which heads the next steps train: one 0/1 per head in head order (MultitaskSchedule.active)."""
+        active = np.asarray(active, np.float32).reshape(-1)
+        if active.shape != (len(self.heads),):
+            raise ValueError(f"set_active: expected one value per head {list(self.heads)}, got {active.tolist()}")
+        self.active_tasks.assign(active)
 
     @classmethod
     def for_model(cls, model, **options) -> "MultitaskLoss":
@@ -181,7 +196,10 @@ class MultitaskLoss:
         return all(key in targets for key in TARGET_KEYS[head])
 
     def total_and_head_losses(self, targets: Mapping, outputs: Mapping, active=None):
+        """(weighted total, head -> loss); `active` defaults to the `active_tasks` variable."""
         losses = self.head_losses(targets, outputs)
+        if active is None:
+            active = ops.convert_to_tensor(self.active_tasks)
         return self.weighting(losses, active=active), losses
 
     def __call__(self, targets: Mapping, outputs: Mapping, active=None):

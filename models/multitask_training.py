@@ -103,7 +103,7 @@ def target_presence(targets: Mapping, heads: Sequence[str], ignore_value: Option
             continue
         keys = TARGET_KEYS[head]
         if head == "regression" and "regression" not in targets:
-            keys = TARGET_KEYS["detection"]
+            keys = ("labels",)  # the count needs the labels only (mean_box_area the boxes too)
             if "detection" in explicit:
                 presence[head] = ops.cast(ops.reshape(explicit["detection"], (-1,)), "float32")
                 continue

@@ -85,3 +85,21 @@ def test_named_losses_come_from_the_registry():
 def test_loss_choice_errors_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MultitaskLoss({"heads": ["classification"]}, TaskWeighting({"classification": "classification"}), **kwargs)
+
+
+def test_set_active_switches_heads_off_inside_a_compiled_step():
+    heads = {"heads": ["classification", "regression"], "regression": {"target": "count"}}
+    weighting = TaskWeighting({"classification": "classification", "regression": "regression"},
+                              weights={"classification": 1.0, "regression": 2.0})
+    loss = MultitaskLoss(heads, weighting)
+    targets = {"class": tf.constant([[1.0, 0.0]]), "labels": tf.constant([[0, 1, -1]])}
+    outputs = {"classification": tf.constant([[0.0, 0.0]]), "regression": tf.constant([[3.0]])}
+    step = tf.function(lambda: loss(targets, outputs))
+    assert float(step()) == pytest.approx(math.log(2.0) + 2.0 * 1.0)  # count 2, predicted 3
+    loss.set_active([0.0, 1.0])
+    assert float(step()) == pytest.approx(2.0)
+    loss.set_active([1.0, 0.0])
+    assert float(step()) == pytest.approx(math.log(2.0))
+    assert float(loss(targets, outputs, active=tf.constant([1.0, 1.0]))) == pytest.approx(math.log(2.0) + 2.0)
+    with pytest.raises(ValueError, match="one value per head"):
+        loss.set_active([1.0])
