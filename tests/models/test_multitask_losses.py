@@ -103,3 +103,13 @@ def test_set_active_switches_heads_off_inside_a_compiled_step():
     assert float(loss(targets, outputs, active=tf.constant([1.0, 1.0]))) == pytest.approx(math.log(2.0) + 2.0)
     with pytest.raises(ValueError, match="one value per head"):
         loss.set_active([1.0])
+
+
+def test_focal_classification_loss_by_name_weights_each_example():
+    heads = {"heads": ["classification"]}
+    loss = MultitaskLoss(heads, TaskWeighting({"classification": "classification"}),
+                         losses={"classification": "focal"}, loss_params={"classification": {"gamma": 2.0, "alpha": 1.0}})
+    one_hot = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    logits = tf.constant([[0.0, 0.0], [0.0, math.log(3.0)]])  # p_true 1/2 and 3/4
+    values = classification_example_losses(one_hot, logits, loss.classification_loss).numpy()
+    assert values == pytest.approx([0.25 * math.log(2.0), 0.0625 * -math.log(0.75)], rel=1e-5)
