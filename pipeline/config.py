@@ -198,6 +198,14 @@ class EarlyStopping(Strict):
     patience: PositiveInt = 3
 
 
+class ClusterSection(Strict):
+    """Multi-worker training: how long the workers wait for each other before failing instead of hanging."""
+    heartbeat_timeout_s: PositiveInt = Field(
+        10, description="A worker silent (dead, stopped) for this long fails the others (coordination service).")
+    collective_timeout_s: Optional[PositiveInt] = Field(
+        600, description="An all-reduce waiting longer than this fails (a worker alive but stuck); null: no limit.")
+
+
 class MultitaskSection(Strict):
     heads: list[str] = Field(
         default_factory=list,
@@ -234,6 +242,7 @@ class TrainSection(Strict):
     shuffle_buffer: PositiveInt = 1024
     save_freq_steps: Optional[PositiveInt] = Field(None, description="Also back up every N steps (preemption).")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
     num_sample_images: NonNegativeInt = 16
     multitask: MultitaskSection = Field(default_factory=MultitaskSection)
 

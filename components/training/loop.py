@@ -135,9 +135,10 @@ class Plan:
 
 def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Optional[Callable[[], object]],
         plan: Plan, progress: Progress, backups: Backups, best: BestWeights, logs: TrainingLogs,
-        log: logging.Logger, on_epoch_end: Optional[Callable[[int], None]] = None) -> Progress:
+        log: logging.Logger, on_epoch_end: Optional[Callable[[int], None]] = None, preemption=None) -> Progress:
     """Train from `progress` (fresh or restored) to `plan.epochs`; `train_data(epoch)` is a new
-    global-batch dataset for that epoch, shuffled with a seed derived from the epoch."""
+    global-batch dataset for that epoch, shuffled with a seed derived from the epoch. `preemption`
+    (preemption.PreemptionBackups) hears of every step and may save a backup and raise Preempted."""
     for epoch in range(progress.epochs_done + 1, plan.epochs + 1):
         if progress.stopped_early:
             break
@@ -163,6 +164,9 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
                 progress.sync()
                 saved = backups.save()
                 log.info("step backup %s at epoch %d, step %d", saved.name, epoch, step)
+            if preemption is not None:
+                progress.steps_in_epoch, progress.partial = step, dict(totals)
+                preemption.after_step(epoch, step)
         progress.seconds += time.monotonic() - started
 
         row = {"epoch": epoch, **averages(totals)}

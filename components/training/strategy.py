@@ -12,6 +12,13 @@ One training loop serves every strategy (see loop.py), so this module only decid
 Logical CPU devices must be declared before TensorFlow initialises its devices (the first op
 does that), so `configure_logical_cpus` runs before anything else touches TF in a trial; when a
 process has already initialised them differently, the caller trains in a fresh process instead.
+A multi-worker trial always trains in a fresh process: the coordination service and collective
+ops can only be configured before TensorFlow initialises its context.
+
+Across workers, nothing may wait forever: the coordination service declares a worker dead after
+`train.cluster.heartbeat_timeout_s` without a heartbeat and aborts every collective in the
+cluster, and a collective that waits longer than `train.cluster.collective_timeout_s` fails (a
+worker alive but stuck). Either way the surviving workers raise and exit instead of hanging.
 """
 from __future__ import annotations
 
@@ -55,6 +62,39 @@ def is_chief_task(config: Optional[dict] = None) -> bool:
         return True
     has_chief = bool(config.get("cluster", {}).get("chief"))
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and not has_chief
+
+
+def uses_multi_worker(distribution: str) -> bool:
+    """Whether `train.distribution` with this process's TF_CONFIG trains across several workers."""
+    return distribution == "multi_worker" or (distribution == "auto" and cluster_size() > 1)
+
+
+def trains_in_this_process(train_section) -> bool:
+    """Whether a trial can train in the calling process (else in a fresh one, see the module doc)."""
+    return not uses_multi_worker(train_section.distribution) and devices_initialised_as(train_section.logical_cpu_devices)
+
+
+def fresh_process_reason(train_section) -> str:
+    if uses_multi_worker(train_section.distribution):
+        return f"multi-worker training ({cluster_size()} workers in TF_CONFIG) configures TensorFlow before it starts"
+    return (f"this process already initialised its devices; train.logical_cpu_devices asks for "
+            f"{train_section.logical_cpu_devices} logical CPU devices")
+
+
+def configure_coordination(cluster_section) -> None:
+    """Start TF's coordination service with our heartbeat timeout (MultiWorkerMirroredStrategy starts
+    it with TF's defaults only when nobody configured it first); call before the strategy is created."""
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
+    from tensorflow.python.eager import context
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+
+    cluster_spec = TFConfigClusterResolver().cluster_spec()
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+            for job in ("chief", "worker") if job in cluster_spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=cluster_section.heartbeat_timeout_s * 1000)
 
 
 def configure_logical_cpus(count: Optional[int]) -> None:
@@ -110,21 +150,26 @@ def resolve_kind(distribution: str, num_gpus: int, num_cpus: int, workers: int) 
     return "default"
 
 
-def make_strategy(distribution: str, logical_cpu_devices: Optional[int] = None) -> Placement:
+def make_strategy(distribution: str, logical_cpu_devices: Optional[int] = None, cluster=None) -> Placement:
     """Configure devices and create the strategy; call before building any model or dataset.
 
     MultiWorkerMirroredStrategy must configure collective ops before TensorFlow initialises its
-    context, so it is created first, before any device is listed.
+    context, so it is created first, before any device is listed. `cluster` is the
+    `train.cluster` section (timeouts); None keeps TensorFlow's defaults.
     """
     import tensorflow as tf
 
     workers = cluster_size()
-    if distribution == "multi_worker" or (distribution == "auto" and workers > 1):
+    if uses_multi_worker(distribution):
         if not tf_config():
             raise DeviceSetupError(
                 "train.distribution=multi_worker: expected TF_CONFIG to describe the cluster "
                 "({\"cluster\": {\"worker\": [host:port, ...]}, \"task\": {...}}), got no TF_CONFIG")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions()
+        if cluster is not None:
+            configure_coordination(cluster)
+            options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=cluster.collective_timeout_s)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         on_gpu = bool(tf.config.list_physical_devices("GPU"))
         return Placement(strategy=strategy, kind="multi_worker", on_gpu=on_gpu, is_chief=is_chief_task())
 

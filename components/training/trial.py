@@ -75,7 +75,7 @@ def train_trial(spec: TrialSpec, log: logging.Logger) -> dict:
 
     config = parse_config(spec.config, "trial config")
     train = config.train
-    placement = make_strategy(train.distribution, train.logical_cpu_devices)  # before any other TF op
+    placement = make_strategy(train.distribution, train.logical_cpu_devices, train.cluster)  # before any other TF op
 
     import keras
     previous_policy = keras.config.dtype_policy()
@@ -171,12 +171,21 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
                 early_stopping_monitor=train.early_stopping.monitor if train.early_stopping.enabled else None,
                 early_stopping_patience=train.early_stopping.patience)
     steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit, task=task)
+    preemption = None
+    if placement.kind == "multi_worker":
+        from components.training.preemption import PreemptionBackups
+        preemption = PreemptionBackups(strategy, checkpoint, progress, backups, log)
     try:
         fit(steps, train_data, eval_data if has_eval else None, plan, progress, backups, best, logs, log,
-            on_epoch_end=log_samples)
+            on_epoch_end=log_samples, preemption=preemption)
     finally:
         logs.close()
         backups.close()
+        if preemption is not None:
+            preemption.close()
+    if placement.kind == "multi_worker":
+        from components.training.replicas import weights_digest
+        log.info("trained weights sha256 %s (the same on every worker)", weights_digest(model))
 
     if progress.best_weights and placement.is_chief:  # other workers keep no best weights, and write no model
         best.load(progress.best_weights)
