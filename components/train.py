@@ -24,7 +24,7 @@ def parameters(config: PipelineConfig) -> dict:
     """Everything that changes the trained weights: the model, the train section, the ranking metric."""
     return {
         "model": config.model.model_dump(mode="json"),
-        "train": config.train.model_dump(mode="json"),
+        "train": config.train.model_dump(mode="json", exclude={"cluster"}),  # timeouts change no weights
         "metric": config.evaluate.metric,
     }
 
@@ -45,7 +45,7 @@ def run_name(ctx: ExecutionContext) -> str:
 
 def executor(ctx: ExecutionContext) -> None:
     from components.training.errors import user_message
-    from components.training.strategy import devices_initialised_as
+    from components.training.strategy import fresh_process_reason, trains_in_this_process
     from components.training.tensorboard import tensorboard_dir
     from components.training.trial import TrialSpec, train_trial
 
@@ -58,7 +58,7 @@ def executor(ctx: ExecutionContext) -> None:
         tensorboard_dir=str(tensorboard_dir(ctx.root, config.pipeline.tensorboard_root, run_name(ctx))),
         name=run_name(ctx),
     )
-    if devices_initialised_as(config.train.logical_cpu_devices):
+    if trains_in_this_process(config.train):
         try:
             result = train_trial(spec, ctx.log)
         except Exception as exc:
@@ -67,8 +67,7 @@ def executor(ctx: ExecutionContext) -> None:
                 raise
             raise StageError(message) from exc
     else:
-        ctx.log.info("this process already initialised its devices; training in a fresh process to get "
-                     "%d logical CPU devices", config.train.logical_cpu_devices)
+        ctx.log.info("training in a fresh process: %s", fresh_process_reason(config.train))
         result = train_in_subprocess(spec, ctx.log)
     ctx.properties["model"] = {
         "best_epoch": result["best_epoch"], "monitor": result["monitor"], "best_value": result["best_value"],
@@ -81,7 +80,7 @@ def train_in_subprocess(spec, log) -> dict:
     """Run `components.training.worker` on `spec`, forwarding its log lines; returns trial.json."""
     import json
     from components.model_artifact import TRIAL_FILE
-    from components.training.worker import ERROR_PREFIX, LOG_PREFIX
+    from components.training.worker import ERROR_PREFIX, LOG_PREFIX, stop
 
     spec_path = Path(spec.work_dir) / "trial_spec.json"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,16 +89,20 @@ def train_in_subprocess(spec, log) -> dict:
     process = subprocess.Popen([sys.executable, "-m", "components.training.worker", str(spec_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     error, tail = None, []
-    for line in process.stdout:
-        line = line.rstrip("\n")
-        if line.startswith(ERROR_PREFIX):
-            error = line[len(ERROR_PREFIX):]
-        elif line.startswith(LOG_PREFIX):
-            level, _, message = line[len(LOG_PREFIX):].partition(" ")
-            log.log(getattr(logging, level, logging.INFO), "%s", message)
-        else:
-            tail = (tail + [line])[-30:]
-    code = process.wait()
+    try:
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            if line.startswith(ERROR_PREFIX):
+                error = line[len(ERROR_PREFIX):]
+            elif line.startswith(LOG_PREFIX):
+                level, _, message = line[len(LOG_PREFIX):].partition(" ")
+                log.log(getattr(logging, level, logging.INFO), "%s", message)
+            else:
+                tail = (tail + [line])[-30:]
+        code = process.wait()
+    except BaseException:  # SIGTERM or Ctrl-C here: the worker saves its preemption backup, then exits
+        stop(process)
+        raise
     if error is not None:
         raise StageError(error)
     if code != 0:

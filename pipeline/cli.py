@@ -9,6 +9,7 @@
     convpipe predict --model DIR/NAME [--version V] [--heatmap OUT] IMAGE...
     convpipe describe-model [--config C]   per-layer sizes and receptive fields by the formula
     convpipe schedule --cron EXPR [--print crontab|systemd] [--once]   the pipeline on a cron schedule
+    convpipe train-worker [--config C] [--set ...] [--root DIR]   one more worker of a multi-worker train stage
 
 `--config` defaults to ./pipeline_config.json when it exists, else the built-in defaults; `--root`
 (every command) overrides `pipeline.root`. A relative root is relative to the current directory.
@@ -363,6 +364,18 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         add_arguments(parser)
 
 
+def cmd_train_worker(args) -> int:
+    """A non-chief worker of the train stage the chief's `convpipe run` is running (see README)."""
+    config = None if args.spec else load(args)
+    from components.training.worker import train_worker  # lazily: pipeline/ knows nothing of training
+
+    with _console_logging(args.verbose):
+        code, message = train_worker(config, args.spec, args.timeout, logging.getLogger("convpipe.train-worker"))
+    if message:
+        print(f"convpipe {message}", file=sys.stderr)
+    return code
+
+
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convpipe", description="A computer-vision training pipeline.",
@@ -427,6 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a firing up to this late (missed firings are coalesced into one); default 3600")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="first stage of each run")
     p.add_argument("--to", dest="to_stage", metavar="STAGE", help="last stage of each run")
+
+    p = sub.add_parser("train-worker", help="one more worker of a multi-worker train stage, started with its "
+                                            "TF_CONFIG beside the chief's `convpipe run`")
+    common(p)
+    p.add_argument("--spec", metavar="SPEC.json", help="train this trial spec instead of joining the chief's run")
+    p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
+                   help="how long to wait for the chief's run to reach its train stage; default 3600")
+    p.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 
@@ -455,6 +476,8 @@ def main(argv: Optional[Sequence[str]] = None, *, stages=None) -> int:
             return cmd_predict(args)
         if args.command == "describe-model":
             return cmd_describe_model(args)
+        if args.command == "train-worker":
+            return cmd_train_worker(args)
         if args.command == "schedule":
             from pipeline.schedule import cmd_schedule
             return cmd_schedule(args)
