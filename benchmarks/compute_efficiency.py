@@ -10,6 +10,8 @@ Variants change one thing each against the same baseline, in the same alternatio
   batch_<n>       a larger batch
   channels_first  the same network with NCHW tensors (benchmarks/cnn_variants.py)
   fused_bn        the same network with TensorFlow's fused batch-norm kernel
+  mixed_bfloat16  Keras's mixed_bfloat16 policy (train.mixed_precision; this CPU has AMX-BF16),
+                  its FLOP/s still shown against the float32 peak
 and, in a fresh process each (the full size only), thread-pool sizes set through
 `tf.config.threading` and oneDNN turned off (TF_ENABLE_ONEDNN_OPTS=0).
 """
@@ -33,7 +35,7 @@ SIZES = {
     "full": {"matmul": 2048, "image_size": 32, "images_per_run": 1024, "rounds": 7, "variants": True, "threads": True},
 }
 
-BASELINE = {"batch_size": 32, "jit": False, "layout": "channels_last", "batch_norm": "keras"}
+BASELINE = {"batch_size": 32, "jit": False, "layout": "channels_last", "batch_norm": "keras", "precision": "float32"}
 VARIANTS = {
     "jit": {"jit": True},
     "batch_64": {"batch_size": 64},
@@ -42,6 +44,7 @@ VARIANTS = {
     "batch_128_jit": {"batch_size": 128, "jit": True},
     "channels_first": {"layout": "channels_first"},
     "fused_bn": {"batch_norm": "fused"},
+    "mixed_bfloat16": {"precision": "mixed_bfloat16"},
 }
 THREAD_SETTINGS = {
     "intra1_inter1": {"intra": 1, "inter": 1},
@@ -69,10 +72,15 @@ class CnnSide:
 
         self.variant = variant
         keras.utils.set_random_seed(0)
-        if variant["layout"] == "channels_last" and variant["batch_norm"] == "keras":
-            self.model = build_model("cnn", (image_size, image_size, 3), CLASSES)
-        else:
-            self.model = replica_cnn(image_size, 3, CLASSES, variant["layout"], variant["batch_norm"])
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(variant["precision"])
+        try:
+            if variant["layout"] == "channels_last" and variant["batch_norm"] == "keras":
+                self.model = build_model("cnn", (image_size, image_size, 3), CLASSES)
+            else:
+                self.model = replica_cnn(image_size, 3, CLASSES, variant["layout"], variant["batch_norm"])
+        finally:
+            keras.config.set_dtype_policy(policy)
         self.flops_per_image = training_flops_per_example(self.model)
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(self.model.trainable_variables)

@@ -7,6 +7,9 @@ Sides, alternated after a warm-up, one epoch each:
                   at which training consumes batches when input costs nothing
   records_only,   the reader's first steps alone, to show where its time goes: gzip shards read
   parsed          and interleaved (records_only), then parsed into features (parsed), no decoding
+  reader_cached   a probe, not the stage's reader: the same parse and decode followed by
+                  `cache()` (the split fits in memory), then shuffle, batch, prefetch; from the
+                  second epoch on it serves decoded images from memory
   training_epoch  a real epoch, reader feeding the train step, with the time spent in `next()` on
                   the distributed iterator counted apart from the time in the step: the share of
                   step time spent waiting for input (the loop does the same per step: next, step,
@@ -86,6 +89,15 @@ def run(size: str) -> Result:
             drain(records().map(lambda serialized: tf.io.parse_single_example(serialized, spec),
                                 num_parallel_calls=tf.data.AUTOTUNE))
 
+        cached = records().map(lambda serialized: ex.parse_example(serialized, schema)[:2],
+                               num_parallel_calls=tf.data.AUTOTUNE).cache().shuffle(
+            config.train.shuffle_buffer, seed=0, reshuffle_each_iteration=True).batch(s["batch_size"]).prefetch(
+            tf.data.AUTOTUNE)
+
+        def reader_cached():
+            for _ in cached:
+                pass
+
         def trainer_consumption():
             for batch in steps.distribute(memory):
                 _sums(steps.train_step(batch))
@@ -110,7 +122,8 @@ def run(size: str) -> Result:
             waits.append((wait, step, first))
 
         seconds = timing.alternate({"reader": reader, "records_only": records_only, "parsed": parsed,
-                                    "trainer": trainer_consumption, "training_epoch": training_epoch},
+                                    "reader_cached": reader_cached, "trainer": trainer_consumption,
+                                    "training_epoch": training_epoch},
                                    rounds=s["rounds"], warmup=1)
         trainer.close()
 
@@ -122,6 +135,8 @@ def run(size: str) -> Result:
                   "gzip shards read and interleaved, nothing parsed")
     result.figure("reader_parsed_images_per_s", timing.rate(images, seconds["parsed"]), "images/s",
                   "read and parsed, images not decoded")
+    cached_rate = result.figure("reader_cached_images_per_s", timing.rate(images, seconds["reader_cached"]),
+                                "images/s", "probe: decoded images cached in memory after the first epoch")
     trainer_rate = result.figure("trainer_images_per_s", timing.rate(images, seconds["trainer"]), "images/s",
                                  "train steps on in-memory batches")
     result.figure("training_epoch_images_per_s", timing.rate(images, seconds["training_epoch"]), "images/s")
@@ -134,6 +149,7 @@ def run(size: str) -> Result:
     result.figure("first_batch_wait_seconds", timing.median([first for _, _, first in waits]), "s")
     headroom = result.ratio("reader_over_trainer", timing.ratio(reader_rate, trainer_rate),
                             "reader alone vs the rate the trainer consumes batches")
+    result.ratio("reader_cached_over_trainer", timing.ratio(cached_rate, trainer_rate), "probe: with cache()")
     result.target("reader / trainer", headroom, ">=", 3.0)
     result.target("input wait share", share, "<", 0.05)
     result.seconds = time.perf_counter() - started
