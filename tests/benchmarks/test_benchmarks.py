@@ -65,3 +65,26 @@ def test_targets_record_the_bound_and_whether_it_was_met():
     assert result.target("nan", float("nan"), ">=", 1.0) is False
     assert [t["met"] for t in result.targets] == [True, False, False]
     assert result.targets[1]["target"] == "< 0.05"
+
+
+def test_flops_of_the_default_cnn_by_hand():
+    from benchmarks.flops import forward_flops, training_flops_per_example
+    from models import build_model
+
+    model = build_model("cnn", (32, 32, 3), 3)
+    # 2 * output pixels * filters * (3 * 3 * input channels); pools 32 -> 16 -> 7
+    expected = {"block1_conv": 2 * 32 * 32 * 16 * 27, "block2_conv": 2 * 16 * 16 * 32 * 144,
+                "block3_conv": 2 * 7 * 7 * 64 * 288, "logits": 2 * 64 * 3}
+    assert forward_flops(model) == expected
+    assert training_flops_per_example(model) == 3 * 5_050_752
+
+
+def test_flops_count_every_call_of_a_shared_layer():
+    import keras
+
+    from benchmarks.flops import forward_flops
+
+    shared = keras.layers.Dense(5, name="shared")
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], keras.layers.Add()([shared(a), shared(b)]))
+    assert forward_flops(model) == {"shared": 2 * (2 * 5 * 4)}
