@@ -8,6 +8,9 @@ Modelled on ML Metadata, in one SQLite file at `<root>/metadata.sqlite`:
     artifacts   a published directory: type, uri (relative to the root), fingerprint, properties
     events      INPUT/OUTPUT edges between executions and artifacts, by input/output name
 
+A stage that runs once per trial (pipeline/sweep.py) records one execution per trial, each with
+its trial name in `executions.trial` (NULL for an ordinary execution).
+
 Execution states: RUNNING, COMPLETE (ran and published its outputs), CACHED (reused a COMPLETE
 execution's outputs), SKIPPED (stage disabled: its input passed through), FAILED, ABANDONED (the
 process died while it was RUNNING). Only COMPLETE executions are ever reused.
@@ -30,7 +33,7 @@ from typing import Any, Iterator, Optional
 from pipeline.artifacts import metadata_path
 from pipeline.stage import Artifact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000
 
 RUNNING, COMPLETE, CACHED, SKIPPED, FAILED, ABANDONED = (
@@ -65,7 +68,8 @@ CREATE TABLE IF NOT EXISTS executions (
     error TEXT,
     traceback TEXT,
     started REAL NOT NULL,
-    ended REAL
+    ended REAL,
+    trial TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_by_key ON executions(cache_key, state);
 CREATE INDEX IF NOT EXISTS executions_by_stage ON executions(stage, state);
@@ -123,6 +127,8 @@ class ExecutionRecord:
     traceback: Optional[str]
     started: float
     ended: Optional[float]
+    trial: Optional[str] = None
+    """The trial this execution ran (a stage that runs once per trial), else None."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,8 @@ class MetadataStore:
                 if version > SCHEMA_VERSION:
                     raise RuntimeError(f"{self.path}: schema version {version} is newer than this "
                                        f"convpipe understands ({SCHEMA_VERSION})")
+                if version == 1:  # before trials: one column more
+                    db.execute("ALTER TABLE executions ADD COLUMN trial TEXT")
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
@@ -230,16 +238,17 @@ class MetadataStore:
     def start_execution(self, run_id: int, stage: str, *, params: dict, cache_key: str, code_version: str,
                         inputs: dict[str, Artifact], external_fingerprint: str | None, reason: dict,
                         state: str = RUNNING, reused_execution_id: int | None = None,
-                        outputs: dict[str, Artifact] | None = None) -> int:
+                        outputs: dict[str, Artifact] | None = None, trial: str | None = None) -> int:
         """Record an execution with its INPUT events (and OUTPUT events when it reuses artifacts)."""
         now = time.time()
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO executions (run_id, stage, state, params, cache_key, code_version, inputs, "
-                "external_fingerprint, reason, reused_execution_id, started, ended) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "external_fingerprint, reason, reused_execution_id, started, ended, trial) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, stage, state, _dumps(params), cache_key, code_version,
                  _dumps({name: a.fingerprint for name, a in inputs.items()}), external_fingerprint,
-                 _dumps(reason), reused_execution_id, now, None if state == RUNNING else now))
+                 _dumps(reason), reused_execution_id, now, None if state == RUNNING else now, trial))
             execution_id = cur.lastrowid
             for name, artifact in inputs.items():
                 db.execute("INSERT INTO events (execution_id, artifact_id, kind, name) VALUES (?,?,?,?)",
@@ -295,13 +304,17 @@ class MetadataStore:
         return None
 
     def latest_execution(self, stage: str, states: tuple[str, ...] = (COMPLETE,),
-                         cache_key: str | None = None) -> Optional[ExecutionRecord]:
+                         cache_key: str | None = None, trial: str | None = None) -> Optional[ExecutionRecord]:
+        """The newest execution of `stage` in one of `states`; of that `trial` when one is named."""
         marks = ",".join("?" * len(states))
         sql = f"SELECT * FROM executions WHERE stage=? AND state IN ({marks})"
         args: list = [stage, *states]
         if cache_key is not None:
             sql += " AND cache_key=?"
             args.append(cache_key)
+        if trial is not None:
+            sql += " AND trial=?"
+            args.append(trial)
         row = self._conn.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return self._execution(row) if row else None
 
@@ -344,4 +357,4 @@ class MetadataStore:
             row["id"], row["run_id"], row["stage"], row["state"], json.loads(row["params"]), row["cache_key"],
             row["code_version"], json.loads(row["inputs"]), row["external_fingerprint"],
             json.loads(row["reason"]), row["reused_execution_id"], row["error"], row["traceback"],
-            row["started"], row["ended"])
+            row["started"], row["ended"], row["trial"])

@@ -16,6 +16,20 @@ stage before it and resumes there.
 
 Cache key = sha256 of the stage name, its code version (pipeline.codeversion), its canonical
 parameters, its input artifacts' fingerprints and its external fingerprint (data outside the root).
+
+Trials. A stage with `expand` (train: `train.sweep` x `train.seeds`, pipeline/sweep.py) runs once
+per trial, each trial an execution of its own with the trial's config, parameters, cache key, work
+directory and trial name in the store; so a sweep is cached trial by trial, and adding a value to
+it runs only the new trials while the others are CACHED. Up to `stage.parallel(config)` trials run
+at once, each in a child process (pipeline/parallel.py); only this process writes the store. A
+later stage receives a per-trial output (`Trials`) in one of three ways:
+    - a `per_trial` stage (evaluate) runs once per trial, with that trial's config;
+    - a stage that `gathers` it (compare) gets every trial in `ctx.trials` and may choose one
+      (`ctx.chosen_trial`), recorded in its outputs' properties so a cached execution chooses again;
+    - any other stage (export) gets the chosen trial's artifact in `ctx.inputs`, or the only
+      trial's; with several trials and no choice the run stops and says why.
+A failed trial does not stop its siblings: they finish, and are cached for the rerun, and then the
+stage is FAILED.
 """
 from __future__ import annotations
 
@@ -32,11 +46,13 @@ from typing import Callable, Optional, Sequence
 
 from pipeline import artifacts as layout
 from pipeline import metadata as md
+from pipeline import parallel
+from pipeline.sweep import DEFAULT_NAME
 from pipeline.codeversion import stage_code_version
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.lock import RootLock
 from pipeline.metadata import MetadataStore, NewArtifact
-from pipeline.stage import Artifact, ExecutionContext, Stage, StageError
+from pipeline.stage import Artifact, ExecutionContext, Stage, StageError, Trials
 
 log = logging.getLogger("convpipe.runner")
 
@@ -54,9 +70,12 @@ class StageOutcome:
     stage: str
     state: str
     execution_id: Optional[int]
+    """The stage's execution; None for a stage that ran several trials (see `trials`)."""
     reason: dict
     seconds: float = 0.0
     error: Optional[str] = None
+    trials: list[dict] = field(default_factory=list)
+    """Per trial: trial, state, execution_id, seconds, summary, error (stages that run per trial)."""
 
 
 @dataclass
@@ -85,9 +104,13 @@ def canonical_json(value) -> str:
 
 
 def cache_key(stage: str, code_version: str, params: dict, inputs: dict[str, Artifact],
-              external: Optional[str]) -> str:
+              external: Optional[str], gathered: Optional[dict[str, Trials]] = None) -> str:
+    """`gathered`: inputs that hold every trial; they enter as trial name -> fingerprint."""
+    fingerprints: dict = {name: a.fingerprint for name, a in inputs.items()}
+    for name, trials in (gathered or {}).items():
+        fingerprints[name] = {trial: a.fingerprint for trial, a in trials.artifacts.items()}
     payload = {"stage": stage, "code_version": code_version, "params": params,
-               "inputs": {name: a.fingerprint for name, a in sorted(inputs.items())}, "external": external}
+               "inputs": dict(sorted(fingerprints.items())), "external": external}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
@@ -170,6 +193,10 @@ class Runner:
         self.code_version = code_version
         self.argv = list(argv)
         self._by_name = {s.name: s for s in self.stages}
+        self._trial_configs: dict[str, dict[str, PipelineConfig]] = {}
+        """Stage that expanded -> trial name -> the trial's config (for its per-trial successors)."""
+        self._choices: dict[str, str] = {}
+        """Stage that expanded -> the trial a gathering stage chose."""
         if len(self._by_name) != len(self.stages):
             raise ConfigError(f"stage names must be unique, got {[s.name for s in self.stages]}")
 
@@ -189,7 +216,13 @@ class Runner:
         pending = list(selected)
         while pending:
             stage = pending.pop()
-            for ref in stage.inputs.values():
+            refs = list(stage.inputs.values())
+            # A stage that gathers trials may choose one, which later readers of those trials get:
+            # it is upstream of them though they do not read its outputs.
+            readers = {r.partition(".")[0] for r in refs}
+            refs += [f"{s.name}.{next(iter(s.outputs))}" for s in self.stages[:names.index(stage.name)]
+                     if s.gathers and s.outputs and readers & {s.inputs[g].partition(".")[0] for g in s.gathers}]
+            for ref in refs:
                 upstream, _, output = ref.partition(".")
                 producer = self._by_name.get(upstream)
                 if producer is None or names.index(upstream) >= names.index(stage.name):
@@ -211,10 +244,20 @@ class Runner:
                 problems.append(f"stage {stage.name} is disabled, but only a stage with one input and one "
                                 f"output can pass its input through (inputs {list(stage.inputs)}, "
                                 f"outputs {list(stage.outputs)})")
-            if stage.check is None:
-                continue
+            unknown = [name for name in stage.gathers if name not in stage.inputs]
+            if unknown:
+                problems.append(f"stage {stage.name} gathers {unknown}, which are not among its inputs "
+                                f"{list(stage.inputs)}")
             try:
-                stage.check(self.config)
+                if stage.check is not None:
+                    stage.check(self.config)
+                if stage.expand is not None and stage.enabled(self.config):
+                    trials = stage.expand(self.config)
+                    if not trials:
+                        problems.append(f"stage {stage.name}: its sweep expands into no trials")
+                    for _, trial_config in trials:
+                        if stage.check is not None:
+                            stage.check(trial_config)
             except ConfigError as exc:
                 problems.append(str(exc))
         if problems:
@@ -235,10 +278,11 @@ class Runner:
                 log.info("run %d on %s: %s", run_id, self.root, ", ".join(s.name for s in selected))
                 for line in cleaned:
                     log.info("%s", line)
-                available: dict[str, Artifact] = {}
+                available: dict[str, Artifact | Trials] = {}
+                self._trial_configs, self._choices = {}, {}
                 try:
                     for stage in upstream:
-                        available.update(self._reuse_upstream(store, stage, available))
+                        self._reuse_upstream(store, stage, available)
                     for stage in selected:
                         outcome = self._run_stage(store, run_id, stage, available, force)
                         result.outcomes.append(outcome)
@@ -273,149 +317,395 @@ class Runner:
             lines.append(f"removed stale temporary directory {path}")
         return lines
 
-    def _inputs(self, stage: Stage, available: dict[str, Artifact]) -> dict[str, Artifact]:
+    # ------------------------------------------------------------------------- trials and inputs
+    def _plan(self, stage: Stage, available: dict) -> tuple[list["_Job"], Optional[str]]:
+        """The executions `stage` needs in this run, and the stage whose trials they run (or None)."""
         missing = [ref for ref in stage.inputs.values() if ref not in available]
         if missing:
             raise RunError(f"stage {stage.name}: no artifact for {', '.join(missing)} (has the upstream stage run?)")
-        return {name: available[ref] for name, ref in stage.inputs.items()}
+        singles: dict[str, Artifact] = {}
+        gathered: dict[str, Trials] = {}
+        mapped: dict[str, Trials] = {}
+        for name, ref in stage.inputs.items():
+            value = available[ref]
+            if not isinstance(value, Trials):
+                if name in stage.gathers:
+                    gathered[name] = Trials(ref.partition(".")[0], {DEFAULT_NAME: value})
+                else:
+                    singles[name] = value
+            elif name in stage.gathers:
+                gathered[name] = value
+            elif value.origin in self._choices:
+                singles[name] = value.artifacts[self._choices[value.origin]]
+            elif stage.per_trial:
+                mapped[name] = value
+            elif len(value.artifacts) == 1:
+                singles[name] = next(iter(value.artifacts.values()))
+            else:
+                raise RunError(f"stage {stage.name} reads {ref}, which holds {len(value.artifacts)} trials, and no "
+                               f"earlier stage chose one; expected a stage that gathers the trials and chooses one "
+                               f"(e.g. compare) before {stage.name}")
+        if stage.expand is not None and (mapped or gathered):
+            raise RunError(f"stage {stage.name} expands into trials but reads {', '.join({**mapped, **gathered})}, "
+                           f"which already hold trials; expected one sweep per pipeline")
+        if mapped and gathered:
+            raise RunError(f"stage {stage.name} runs per trial of {', '.join(mapped)} and gathers "
+                           f"{', '.join(gathered)}; expected one or the other")
+        if stage.expand is not None:
+            trials = list(stage.expand(self.config))
+            self._trial_configs[stage.name] = dict(trials)
+            return [_Job(name, config, dict(singles)) for name, config in trials], stage.name
+        if mapped:
+            origins = {t.origin for t in mapped.values()}
+            names = {tuple(t.artifacts) for t in mapped.values()}
+            if len(origins) > 1 or len(names) > 1:
+                raise RunError(f"stage {stage.name} runs per trial of {', '.join(mapped)}, which hold different "
+                               f"trials (from {', '.join(sorted(origins))}); expected the trials of one sweep")
+            origin = origins.pop()
+            configs = self._trial_configs.get(origin, {})
+            return [_Job(trial, configs.get(trial, self.config),
+                         {**singles, **{name: t.artifacts[trial] for name, t in mapped.items()}})
+                    for trial in names.pop()], origin
+        return [_Job(None, self.config, singles, gathered)], None
 
-    def _passthrough(self, stage: Stage, inputs: dict[str, Artifact]) -> dict[str, Artifact]:
-        if len(inputs) != 1 or len(stage.outputs) != 1:
+    def _passthrough(self, stage: Stage, available: dict) -> dict:
+        if len(stage.inputs) != 1 or len(stage.outputs) != 1:
             raise ConfigError(f"stage {stage.name} is disabled, but only a stage with one input and one "
-                              f"output can pass its input through (inputs {list(inputs)}, outputs {list(stage.outputs)})")
-        return {next(iter(stage.outputs)): next(iter(inputs.values()))}
+                              f"output can pass its input through (inputs {list(stage.inputs)}, "
+                              f"outputs {list(stage.outputs)})")
+        ref = next(iter(stage.inputs.values()))
+        if ref not in available:
+            raise RunError(f"stage {stage.name}: no artifact for {ref} (has the upstream stage run?)")
+        return {next(iter(stage.outputs)): available[ref]}
 
-    def _identity(self, stage: Stage, inputs: dict[str, Artifact]) -> tuple[dict, str, Optional[str], str]:
-        params = stage.parameters(self.config)
+    def _identity(self, stage: Stage, job: "_Job") -> tuple[dict, str, Optional[str], str]:
+        params = stage.parameters(job.config)
         canonical_json(params)
         code = self.code_version(stage)
-        external = stage.external_fingerprint(self.config) if stage.external_fingerprint else None
-        return params, code, external, cache_key(stage.name, code, params, inputs, external)
+        external = stage.external_fingerprint(job.config) if stage.external_fingerprint else None
+        return params, code, external, cache_key(stage.name, code, params, job.inputs, external, job.gathered)
 
-    def _publish_names(self, stage: Stage, outputs: dict[str, Artifact], available: dict[str, Artifact]) -> None:
-        for name, artifact in outputs.items():
-            available[f"{stage.name}.{name}"] = artifact
+    def _publish_names(self, stage: Stage, jobs: list["_Job"], origin: Optional[str], results: list["_Result"],
+                       available: dict) -> None:
+        """Make the outputs visible to later stages: one artifact each, or `Trials`; note a choice."""
+        if origin is None:
+            outputs = results[0].outputs
+            for name, artifact in outputs.items():
+                available[f"{stage.name}.{name}"] = artifact
+            chosen = next((a.properties.get("chosen_trial") for a in outputs.values()
+                           if a.properties.get("chosen_trial")), None)
+            if chosen is not None:
+                for trials in jobs[0].gathered.values():
+                    self._choices[trials.origin] = chosen
+                log.info("%s: chose trial %s", stage.name, chosen)
+            return
+        for name in stage.outputs:
+            available[f"{stage.name}.{name}"] = Trials(origin, {r.trial: r.outputs[name] for r in results})
 
-    def _reuse_upstream(self, store: MetadataStore, stage: Stage, available: dict[str, Artifact]) -> dict:
+    def _reuse_upstream(self, store: MetadataStore, stage: Stage, available: dict) -> None:
         """Outputs of a stage before --from: what the cache holds for the current config, else its latest."""
-        inputs = self._inputs(stage, available)
         if not stage.enabled(self.config):
-            outputs = self._passthrough(stage, inputs)
-        else:
+            for name, value in self._passthrough(stage, available).items():
+                available[f"{stage.name}.{name}"] = value
+            return
+        jobs, origin = self._plan(stage, available)
+        results = []
+        for job in jobs:
+            label = stage.name + (f" (trial {job.trial})" if job.trial else "")
             try:
-                params, code, external, key = self._identity(stage, inputs)
+                params, code, external, key = self._identity(stage, job)
             except Exception as exc:
-                raise RunError(f"stage {stage.name} (before --from): {type(exc).__name__}: {exc}") from exc
-            hit = store.find_complete(stage.name, key) or store.latest_execution(stage.name)
+                raise RunError(f"stage {label} (before --from): {type(exc).__name__}: {exc}") from exc
+            hit = store.find_complete(stage.name, key) or store.latest_execution(stage.name, trial=job.trial)
             if hit is None:
-                raise RunError(f"stage {stage.name} has never completed under {self.root}; "
+                raise RunError(f"stage {label} has never completed under {self.root}; "
                                f"run it first (convpipe run --to {stage.name})")
             outputs = store.outputs(hit.id)
             if not all(a.uri.is_dir() for a in outputs.values()):
-                raise RunError(f"stage {stage.name}: the outputs of its latest execution {hit.id} are gone "
+                raise RunError(f"stage {label}: the outputs of its latest execution {hit.id} are gone "
                                f"from disk; run it again (convpipe run --from {stage.name})")
             if hit.cache_key != key:
                 log.warning("%s: no execution matches the current config and code (%s); using its latest, "
-                            "execution %d of run %d", stage.name,
-                            explain(hit, params, inputs, code, external)["summary"], hit.id, hit.run_id)
-        return {f"{stage.name}.{name}": a for name, a in outputs.items()}
+                            "execution %d of run %d", label,
+                            explain(hit, params, _recorded(job), code, external)["summary"], hit.id, hit.run_id)
+            results.append(_Result(job.trial, md.CACHED, hit.id, {}, outputs=outputs))
+        self._publish_names(stage, jobs, origin, results, available)
 
-    def _run_stage(self, store: MetadataStore, run_id: int, stage: Stage, available: dict[str, Artifact],
+    # -------------------------------------------------------------------------------- running
+    def _run_stage(self, store: MetadataStore, run_id: int, stage: Stage, available: dict,
                    force: bool) -> StageOutcome:
         started = time.monotonic()
-        inputs = self._inputs(stage, available)
         if not stage.enabled(self.config):
-            outputs = self._passthrough(stage, inputs)
+            outputs = self._passthrough(stage, available)
+            inputs = {name: available[ref] for name, ref in stage.inputs.items()}
             reason = {"kind": "skipped", "summary": "disabled by config: its input passes through"}
             execution_id = store.start_execution(
-                run_id, stage.name, params={}, cache_key="", code_version="", inputs=inputs,
-                external_fingerprint=None, reason=reason, state=md.SKIPPED, outputs=outputs)
-            self._publish_names(stage, outputs, available)
+                run_id, stage.name, params={}, cache_key="", code_version="", inputs=_flat(inputs),
+                external_fingerprint=None, reason=reason, state=md.SKIPPED, outputs=_flat(outputs))
+            for name, value in outputs.items():
+                available[f"{stage.name}.{name}"] = value
             log.info("%s: disabled, passing %s through", stage.name, next(iter(inputs)))
             return StageOutcome(stage.name, md.SKIPPED, execution_id, reason)
         try:
-            params, code, external, key = self._identity(stage, inputs)
+            jobs, origin = self._plan(stage, available)
+        except ConfigError as exc:  # a sweep that expands into configs that do not validate
+            raise RunError(f"stage {stage.name}: {exc}") from None
+
+        width = min(stage.parallel(self.config), len(jobs)) if len(jobs) > 1 else 1
+        if width > 1:
+            results = self._run_in_children(store, run_id, stage, jobs, width, force)
+        else:
+            results = []
+            for job in jobs:
+                first = self._start(store, run_id, stage, job, force)
+                results.append(self._execute(store, stage, self._begin(store, run_id, stage, first))
+                               if isinstance(first, _Ready) else first)
+
+        if all(r.state != md.FAILED for r in results):
+            self._publish_names(stage, jobs, origin, results, available)
+        return _outcome(stage.name, results, time.monotonic() - started)
+
+    def _start(self, store: MetadataStore, run_id: int, stage: Stage, job: "_Job", force: bool):
+        """A CACHED (or, without a cache key, FAILED) execution recorded as a `_Result`; else `_Ready`."""
+        started = time.monotonic()
+        trial_note = f"trial {job.trial}: " if job.trial else ""
+        label = stage.name + (f" [{job.trial}]" if job.trial else "")
+        try:
+            params, code, external, key = self._identity(stage, job)
         except Exception as exc:  # a source folder that is gone, parameters that are not JSON
             error = str(exc) if isinstance(exc, (StageError, ConfigError)) else f"{type(exc).__name__}: {exc}"
-            reason = {"kind": "failed", "summary": "could not compute the cache key"}
+            reason = {"kind": "failed", "summary": trial_note + "could not compute the cache key", "trial": job.trial}
             execution_id = store.start_execution(
-                run_id, stage.name, params={}, cache_key="", code_version="", inputs=inputs,
-                external_fingerprint=None, reason=reason)
+                run_id, stage.name, params={}, cache_key="", code_version="", inputs=_recorded(job),
+                external_fingerprint=None, reason=reason, trial=job.trial)
             store.fail_execution(execution_id, error, traceback.format_exc())
-            log.error("%s: FAILED: %s", stage.name, error)
-            return StageOutcome(stage.name, md.FAILED, execution_id, reason, time.monotonic() - started, error)
+            log.error("%s: FAILED: %s", label, error)
+            return _Result(job.trial, md.FAILED, execution_id, reason, time.monotonic() - started, error)
 
         hit = None if force else store.find_complete(stage.name, key)
         if hit is not None:
             outputs = store.outputs(hit.id)
-            reason = {"kind": "cached", "summary": f"reused execution {hit.id} of run {hit.run_id} (same cache key)",
-                      "execution_id": hit.id, "run_id": hit.run_id}
+            reason = {"kind": "cached", "summary": f"{trial_note}reused execution {hit.id} of run {hit.run_id} "
+                      "(same cache key)", "execution_id": hit.id, "run_id": hit.run_id, "trial": job.trial}
             execution_id = store.start_execution(
-                run_id, stage.name, params=params, cache_key=key, code_version=code, inputs=inputs,
+                run_id, stage.name, params=params, cache_key=key, code_version=code, inputs=_recorded(job),
                 external_fingerprint=external, reason=reason, state=md.CACHED, reused_execution_id=hit.id,
-                outputs=outputs)
-            self._publish_names(stage, outputs, available)
-            log.info("%s: cached (execution %d of run %d)", stage.name, hit.id, hit.run_id)
-            return StageOutcome(stage.name, md.CACHED, execution_id, reason, time.monotonic() - started)
+                outputs=outputs, trial=job.trial)
+            log.info("%s: cached (execution %d of run %d)", label, hit.id, hit.run_id)
+            return _Result(job.trial, md.CACHED, execution_id, reason, time.monotonic() - started, outputs=outputs)
+        return _Ready(job, params, code, external, key, force)
 
-        reason = explain(store.latest_execution(stage.name), params, inputs, code, external)
-        if force:
+    def _begin(self, store: MetadataStore, run_id: int, stage: Stage, ready: "_Ready") -> "_Pending":
+        """Record the execution RUNNING (with why it runs) and build its context."""
+        started = time.monotonic()
+        job, params, code, external, key = ready.job, ready.params, ready.code, ready.external, ready.key
+        trial_note = f"trial {job.trial}: " if job.trial else ""
+        label = stage.name + (f" [{job.trial}]" if job.trial else "")
+        previous = store.latest_execution(stage.name, trial=job.trial)
+        reason = explain(previous, params, _recorded(job), code, external)
+        if job.trial and previous is None:
+            reason["summary"] = "new trial"
+        if ready.force:
             reason["summary"] = "forced (--force); " + reason["summary"]
             reason["forced"] = True
         retry = store.latest_execution(stage.name, (md.FAILED, md.ABANDONED), cache_key=key)
         if retry is not None:
             reason["retry_of"] = retry.id
             reason["summary"] += f"; retrying after execution {retry.id} {retry.state.lower()}"
+        reason["summary"] = trial_note + reason["summary"]
+        reason["trial"] = job.trial
         execution_id = store.start_execution(
-            run_id, stage.name, params=params, cache_key=key, code_version=code, inputs=inputs,
-            external_fingerprint=external, reason=reason)
-        log.info("%s: running execution %d (%s)", stage.name, execution_id, reason["summary"])
-        outputs, error = self._execute(store, run_id, execution_id, stage, params, inputs, key)
-        seconds = time.monotonic() - started
-        if error is not None:
-            return StageOutcome(stage.name, md.FAILED, execution_id, reason, seconds, error)
-        self._publish_names(stage, outputs, available)
-        log.info("%s: COMPLETE in %.1f s", stage.name, seconds)
-        return StageOutcome(stage.name, md.COMPLETE, execution_id, reason, seconds)
-
-    def _execute(self, store: MetadataStore, run_id: int, execution_id: int, stage: Stage, params: dict,
-                 inputs: dict[str, Artifact], key: str) -> tuple[dict[str, Artifact], Optional[str]]:
+            run_id, stage.name, params=params, cache_key=key, code_version=code, inputs=_recorded(job),
+            external_fingerprint=external, reason=reason, trial=job.trial)
+        log.info("%s: running execution %d (%s)", label, execution_id, reason["summary"])
         tmp = layout.temporary_dir(self.root, stage.name, execution_id)
-        final = layout.execution_dir(self.root, stage.name, execution_id)
-        work = layout.work_dir(self.root, stage.name, key)
         ctx = ExecutionContext(
-            config=self.config, params=params, inputs=inputs,
-            outputs={name: tmp / name for name in stage.outputs}, work_dir=work, root=self.root,
-            run_id=run_id, execution_id=execution_id, log=logging.getLogger(f"convpipe.{stage.name}"))
+            config=job.config, params=params, inputs=dict(job.inputs),
+            outputs={name: tmp / name for name in stage.outputs}, work_dir=layout.work_dir(self.root, stage.name, key),
+            root=self.root, run_id=run_id, execution_id=execution_id, log=logging.getLogger(f"convpipe.{stage.name}"),
+            trial=job.trial, trials={name: dict(t.artifacts) for name, t in job.gathered.items()})
+        return _Pending(job, execution_id, reason, ctx, started)
+
+    def _run_in_children(self, store: MetadataStore, run_id: int, stage: Stage, jobs: list["_Job"], width: int,
+                         force: bool) -> list["_Result"]:
+        """Cached trials are recorded at once; the others run `width` at a time in child processes,
+        each recorded RUNNING when its child starts and COMPLETE or FAILED when it ends."""
+        results: dict[int, _Result] = {}
+        ready: dict[int, _Ready] = {}
+        for index, job in enumerate(jobs):
+            started = self._start(store, run_id, stage, job, force)
+            if isinstance(started, _Ready):
+                ready[index] = started
+            else:
+                results[index] = started
+        order = sorted(ready)
+        if order:
+            log.info("%s: %d of %d trials to run, %d at a time in child processes", stage.name, len(order),
+                     len(jobs), min(width, len(order)))
+        pending: dict[int, _Pending] = {}
+
+        def launch(slot: int):
+            item = pending[slot] = self._begin(store, run_id, stage, ready[order[slot]])
+            self._prepare(item.ctx)
+            return stage, item.ctx
+
+        def finished(slot: int, child: parallel.ChildResult) -> None:
+            item = pending[slot]
+            if child.error is not None:
+                results[order[slot]] = self._fail(store, stage, item, child.error, child.details)
+                return
+            item.ctx.properties.update(child.properties)
+            item.ctx.chosen_trial = child.chosen_trial
+            try:
+                results[order[slot]] = self._finish(store, stage, item)
+            except Exception as exc:
+                results[order[slot]] = self._fail(store, stage, item, _error_text(exc), traceback.format_exc())
+
         try:
-            for path in ctx.outputs.values():
-                path.mkdir(parents=True)
-            work.mkdir(parents=True, exist_ok=True)
-            stage.executor(ctx)
-            new = {}
-            for name, type_ in stage.outputs.items():
-                if not ctx.outputs[name].is_dir():
-                    raise StageError(f"the executor removed its output directory {ctx.outputs[name]}")
-                new[name] = NewArtifact(type_, final / name, layout.fingerprint_dir(ctx.outputs[name]),
-                                        dict(ctx.properties.get(name, {})))
-            layout.publish(tmp, final)
-            outputs = store.complete_execution(execution_id, new)
+            parallel.run_children(len(order), launch, width, finished)
         except BaseException as exc:
-            if isinstance(exc, (StageError, ConfigError)):
-                error = str(exc)
-            elif isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            for slot, item in pending.items():
+                if order[slot] not in results:
+                    self._fail(store, stage, item, f"interrupted ({type(exc).__name__}"
+                               f"{': ' + str(exc) if str(exc) else ''})", traceback.format_exc())
+            raise
+        return [results[i] for i in range(len(jobs))]
+
+    def _prepare(self, ctx: ExecutionContext) -> None:
+        for path in ctx.outputs.values():
+            path.mkdir(parents=True)
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+
+    def _execute(self, store: MetadataStore, stage: Stage, item: "_Pending") -> "_Result":
+        ctx = item.ctx
+        try:
+            self._prepare(ctx)
+            stage.executor(ctx)
+            return self._finish(store, stage, item)
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, Interrupted)):
                 error = f"interrupted ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
             else:
-                error = f"{type(exc).__name__}: {exc}"
+                error = _error_text(exc)
             details = traceback.format_exc()
-            store.fail_execution(execution_id, error, details)
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(final, ignore_errors=True)
-            log.error("%s: FAILED: %s", stage.name, error)
+            result = self._fail(store, stage, item, error, details)
             if not isinstance(exc, Exception):
                 raise
             if not isinstance(exc, (StageError, ConfigError)):
                 logging.getLogger(f"convpipe.{stage.name}").error("%s", details)
-            return {}, error
-        shutil.rmtree(work, ignore_errors=True)
-        return outputs, None
+            return result
+
+    def _finish(self, store: MetadataStore, stage: Stage, item: "_Pending") -> "_Result":
+        """Fingerprint the outputs, rename them into place, record them and mark the execution COMPLETE."""
+        ctx = item.ctx
+        tmp = layout.temporary_dir(self.root, stage.name, item.execution_id)
+        final = layout.execution_dir(self.root, stage.name, item.execution_id)
+        if ctx.chosen_trial is not None:
+            names = sorted({t for trials in ctx.trials.values() for t in trials})
+            if ctx.chosen_trial not in names:
+                raise StageError(f"{stage.name} chose trial {ctx.chosen_trial!r}; expected one of the trials it "
+                                 f"gathered: {', '.join(names)}")
+        new = {}
+        for name, type_ in stage.outputs.items():
+            if not ctx.outputs[name].is_dir():
+                raise StageError(f"the executor removed its output directory {ctx.outputs[name]}")
+            properties = dict(ctx.properties.get(name, {}))
+            if ctx.chosen_trial is not None:
+                properties["chosen_trial"] = ctx.chosen_trial
+            new[name] = NewArtifact(type_, final / name, layout.fingerprint_dir(ctx.outputs[name]), properties)
+        layout.publish(tmp, final)
+        outputs = store.complete_execution(item.execution_id, new)
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        seconds = time.monotonic() - item.started
+        log.info("%s: COMPLETE in %.1f s", stage.name + (f" [{ctx.trial}]" if ctx.trial else ""), seconds)
+        return _Result(ctx.trial, md.COMPLETE, item.execution_id, item.reason, seconds, outputs=outputs)
+
+    def _fail(self, store: MetadataStore, stage: Stage, item: "_Pending", error: str,
+              details: Optional[str]) -> "_Result":
+        store.fail_execution(item.execution_id, error, details)
+        shutil.rmtree(layout.temporary_dir(self.root, stage.name, item.execution_id), ignore_errors=True)
+        shutil.rmtree(layout.execution_dir(self.root, stage.name, item.execution_id), ignore_errors=True)
+        log.error("%s: FAILED: %s", stage.name + (f" [{item.job.trial}]" if item.job.trial else ""), error)
+        return _Result(item.job.trial, md.FAILED, item.execution_id, item.reason,
+                       time.monotonic() - item.started, error)
+
+
+@dataclass
+class _Job:
+    """One execution a stage needs: its trial (None for an ordinary execution), config and inputs."""
+    trial: Optional[str]
+    config: PipelineConfig
+    inputs: dict[str, Artifact]
+    gathered: dict[str, Trials] = field(default_factory=dict)
+
+
+@dataclass
+class _Ready:
+    """An execution to run: its job and identity, not yet recorded."""
+    job: _Job
+    params: dict
+    code: str
+    external: Optional[str]
+    key: str
+    force: bool
+
+
+@dataclass
+class _Pending:
+    """An execution recorded RUNNING, with the context its executor gets."""
+    job: _Job
+    execution_id: int
+    reason: dict
+    ctx: ExecutionContext
+    started: float
+
+
+@dataclass
+class _Result:
+    trial: Optional[str]
+    state: str
+    execution_id: int
+    reason: dict
+    seconds: float = 0.0
+    error: Optional[str] = None
+    outputs: dict[str, Artifact] = field(default_factory=dict)
+
+
+def _recorded(job: _Job) -> dict[str, Artifact]:
+    """The inputs as the store records them: gathered trials as `name[trial]`."""
+    return {**job.inputs, **{f"{name}[{trial}]": a for name, trials in job.gathered.items()
+                             for trial, a in trials.artifacts.items()}}
+
+
+def _flat(values: dict) -> dict[str, Artifact]:
+    flat = {}
+    for name, value in values.items():
+        if isinstance(value, Trials):
+            flat.update({f"{name}[{trial}]": a for trial, a in value.artifacts.items()})
+        else:
+            flat[name] = value
+    return flat
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, (StageError, ConfigError)) else f"{type(exc).__name__}: {exc}"
+
+
+def _outcome(stage: str, results: list[_Result], seconds: float) -> StageOutcome:
+    """One outcome for the stage; with trials, the counts and each trial's result."""
+    trials = [{"trial": r.trial, "state": r.state, "execution_id": r.execution_id, "seconds": round(r.seconds, 3),
+               "summary": r.reason.get("summary"), "error": r.error} for r in results if r.trial is not None]
+    if len(results) == 1:
+        r = results[0]
+        return StageOutcome(stage, r.state, r.execution_id, r.reason, seconds, r.error, trials)
+    failed = [r for r in results if r.state == md.FAILED]
+    ran = [r for r in results if r.state == md.COMPLETE]
+    cached = [r for r in results if r.state == md.CACHED]
+    state = md.FAILED if failed else md.COMPLETE if ran else md.CACHED
+    counts = [f"{len(ran)} ran"] + ([f"{len(cached)} cached"] if cached else []) + \
+             ([f"{len(failed)} failed"] if failed else [])
+    summary = f"{len(results)} trials: {', '.join(counts)}"
+    if ran and len(ran) <= 4:
+        summary += f" (ran {', '.join(r.trial for r in ran)})"
+    error = "; ".join(f"trial {r.trial}: {r.error}" for r in failed) or None
+    return StageOutcome(stage, state, None, {"kind": state.lower(), "summary": summary}, seconds, error, trials)

@@ -4,13 +4,19 @@ TFX's contracts without its boilerplate. A component module builds one `Stage` a
 the runner resolves its inputs from earlier stages' outputs, computes the cache key, hands the
 executor an `ExecutionContext` with temporary output directories, and publishes them only when
 the executor returns. Executors read `ctx.inputs` and write `ctx.outputs`; nothing else.
+
+Trials (pipeline/sweep.py, the runner's docstring): a stage with `expand` runs once per trial, each
+its own execution with the trial's config; its outputs reach later stages as `Trials`. A later
+`per_trial` stage runs once per trial too; a stage that `gathers` an input gets every trial in
+`ctx.trials` and may choose one (`ctx.chosen_trial`); every later stage then gets that trial's
+artifact in `ctx.inputs`, as if there had been one trial all along.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from pipeline.config import PipelineConfig
 
@@ -29,6 +35,14 @@ class Artifact:
     properties: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Trials:
+    """One output of a stage that ran once per trial: trial name -> artifact, in trial order."""
+    origin: str
+    """The stage whose `expand` made the trials; later per-trial stages keep the same names."""
+    artifacts: Mapping[str, Artifact]
+
+
 @dataclass
 class ExecutionContext:
     config: PipelineConfig
@@ -43,6 +57,12 @@ class ExecutionContext:
     log: logging.Logger
     properties: dict[str, dict] = field(default_factory=dict)
     """Executors may put JSON-able properties per output name here; the runner records them."""
+    trial: Optional[str] = None
+    """The trial this execution runs (a stage with `expand`, or a `per_trial` stage); else None."""
+    trials: dict[str, dict[str, Artifact]] = field(default_factory=dict)
+    """For each input the stage `gathers`: trial name -> artifact, in trial order."""
+    chosen_trial: Optional[str] = None
+    """A gathering executor sets this to one of the trial names; later stages then get that trial."""
 
 
 @dataclass(frozen=True)
@@ -63,3 +83,11 @@ class Stage:
     """A disabled stage passes its single input through as its output (e.g. augment off)."""
     module: str = ""
     """The module that defines the executor; its transitive project imports form the code version."""
+    expand: Optional[Callable[[PipelineConfig], Sequence[tuple[str, PipelineConfig]]]] = None
+    """Trials of this stage: (stable name, config) pairs; each runs as its own execution."""
+    parallel: Callable[[PipelineConfig], int] = lambda config: 1
+    """How many of this stage's trials may run at once; above 1 each runs in a child process."""
+    per_trial: bool = False
+    """Run once per trial of an input that holds trials, unless an earlier stage chose one."""
+    gathers: tuple[str, ...] = ()
+    """Inputs that receive every trial (`ctx.trials`) instead of one artifact."""
