@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-STAGE_ORDER = ("ingest", "validate", "augment", "train", "evaluate", "export")
+STAGE_ORDER = ("ingest", "validate", "augment", "train", "evaluate", "compare", "export")
 
 
 def load_stages() -> list:

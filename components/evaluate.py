@@ -173,4 +173,5 @@ STAGE = Stage(
     check=check,
     external_fingerprint=served_fingerprint,
     module=__name__,
+    per_trial=True,              # once per trial of a sweep; compare then gathers them
 )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
+from pipeline.sweep import parallel_trials, trial_configs
 
 
 def parameters(config: PipelineConfig) -> dict:
@@ -126,4 +127,6 @@ STAGE = Stage(
     parameters=parameters,
     check=check,
     module=__name__,
+    expand=trial_configs,        # one execution per trial of train.sweep x train.seeds
+    parallel=parallel_trials,
 )

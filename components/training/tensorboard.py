@@ -4,6 +4,12 @@ Every run writes under one root (`pipeline.tensorboard_root`, default `<root>/te
 directory per run with `train/` and `eval/` below it, and the same tag names in both, so
 `tensorboard --logdir <root>` overlays train and eval curves and shows all runs side by side.
 Only the chief writes; other workers get no-op writers.
+
+HParams: the trial's hyperparameters are written in the run's own directory, which makes the run
+an HParams session whose metrics are every scalar below it (the plugin names them by tag and
+sub-directory): `train/epoch_loss`, `eval/epoch_accuracy`, and the test metrics and time to target
+the compare stage adds with `final_metrics` (`test/epoch_accuracy`, `comparison/epochs_to_target`).
+Tags are the same in every trial, so the dashboard puts each trial in one row with the same columns.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ class TrainingLogs:
         import tensorflow as tf
 
         self.logdir = Path(logdir)
+        self.enabled = enabled
         if enabled:
             self.train = tf.summary.create_file_writer(str(self.logdir / "train"))
             self.eval = tf.summary.create_file_writer(str(self.logdir / "eval"))
@@ -59,13 +66,18 @@ class TrainingLogs:
         self.flush()
 
     def hparams(self, params: dict) -> None:
-        """Trial hyperparameters for the HParams dashboard (flat scalars and strings only)."""
+        """Trial hyperparameters for the HParams dashboard (flat scalars and strings only), in the run's
+        directory, so that train/ and eval/ (and test/ later) hold the session's metrics."""
+        import tensorflow as tf
         from tensorboard.plugins.hparams import api as hp
 
+        if not self.enabled:
+            return
         flat = {k: v for k, v in params.items() if isinstance(v, (bool, int, float, str))}
-        with self.train.as_default(step=0):
+        writer = tf.summary.create_file_writer(str(self.logdir))
+        with writer.as_default(step=0):
             hp.hparams(flat)
-        self.flush()
+        writer.close()
 
     def flush(self) -> None:
         self.train.flush()
@@ -74,3 +86,19 @@ class TrainingLogs:
     def close(self) -> None:
         self.train.close()
         self.eval.close()
+
+
+def final_metrics(logdir: str | Path, group: str, step: int, metrics: dict) -> bool:
+    """Scalars `metrics` at `step` in `<logdir>/<group>/` (e.g. the test metrics, once, after training):
+    HParams metrics of the run's session. Written once: False (nothing written) if the group exists."""
+    import tensorflow as tf
+
+    directory = Path(logdir) / group
+    if directory.exists():
+        return False
+    writer = tf.summary.create_file_writer(str(directory))
+    with writer.as_default(step=step):
+        for name, value in metrics.items():
+            tf.summary.scalar(name, value)
+    writer.close()
+    return True
