@@ -90,19 +90,24 @@ def train_in_subprocess(spec, log) -> dict:
     process = subprocess.Popen([sys.executable, "-m", "components.training.worker", str(spec_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     error, tail = None, []
+
+    def forward(line: str) -> None:
+        nonlocal error, tail
+        line = line.rstrip("\n")
+        if line.startswith(ERROR_PREFIX):
+            error = line[len(ERROR_PREFIX):]
+        elif line.startswith(LOG_PREFIX):
+            level, _, message = line[len(LOG_PREFIX):].partition(" ")
+            log.log(getattr(logging, level, logging.INFO), "%s", message)
+        else:
+            tail = (tail + [line])[-30:]
+
     try:
         for line in process.stdout:
-            line = line.rstrip("\n")
-            if line.startswith(ERROR_PREFIX):
-                error = line[len(ERROR_PREFIX):]
-            elif line.startswith(LOG_PREFIX):
-                level, _, message = line[len(LOG_PREFIX):].partition(" ")
-                log.log(getattr(logging, level, logging.INFO), "%s", message)
-            else:
-                tail = (tail + [line])[-30:]
+            forward(line)
         code = process.wait()
     except BaseException:  # SIGTERM or Ctrl-C here: the worker saves its preemption backup, then exits
-        stop(process)
+        stop(process, on_line=forward)
         raise
     if error is not None:
         raise StageError(error)

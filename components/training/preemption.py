@@ -25,6 +25,9 @@ PREEMPTED_EXIT = 143
 """Exit status of a worker that saved a preemption backup (128 + SIGTERM, as the CLI uses)."""
 
 
+STOP_WAIT_S = 5.0
+
+
 class Preempted(Exception):
     """The cluster was told to stop (SIGTERM on some worker); a backup at `global_step` is on disk."""
 
@@ -64,4 +67,14 @@ class PreemptionBackups:
         raise Preempted(epoch, step, self.progress.global_step)
 
     def close(self) -> None:
+        """Stop the handler's watcher thread now, while the other workers are still up (its `__del__`
+        would do it later, when a finished chief may be gone and the wait never ends), then remove
+        the scratch directory. A worker whose peers are dead gives the stop `STOP_WAIT_S`."""
+        import threading
+
+        stopper = threading.Thread(target=self.handler._stop_cluster_wise_termination_watcher_thread, daemon=True)
+        stopper.start()
+        stopper.join(timeout=STOP_WAIT_S)
+        if stopper.is_alive():
+            self.handler._cluster_wise_termination_watcher_thread = None  # its __del__ must not wait again
         shutil.rmtree(self._scratch, ignore_errors=True)

@@ -51,11 +51,26 @@ def run_spec(spec, log: logging.Logger) -> tuple[int, Optional[str]]:
     except Preempted as exc:
         return PREEMPTED_EXIT, f"train: {exc}"
     except Exception as exc:
-        message = user_message(exc, spec.work_dir)
+        message = user_message(exc, spec.work_dir) or lost_worker_message(exc, spec.work_dir)
         if message is None:
             raise
         return USER_ERROR_EXIT, message
     return 0, None
+
+
+def lost_worker_message(exc: BaseException, work_dir: str) -> Optional[str]:
+    """The message for a multi-worker collective that failed because a peer died or hung, else None."""
+    import tensorflow as tf
+
+    from components.training.strategy import cluster_size
+
+    lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
+    if cluster_size() < 2 or not isinstance(exc, lost):
+        return None
+    text = " ".join(str(exc).strip().splitlines()[:2])
+    detail = text[text.find("aborted by:") + len("aborted by:"):].strip() if "aborted by:" in text else text
+    return (f"train: the cluster lost a worker ({type(exc).__name__}: {detail[:300]}); restart every worker, "
+            f"and the run resumes from the newest backup under {Path(work_dir) / 'backups'}")
 
 
 def main(argv: list[str]) -> int:
@@ -78,17 +93,22 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def stop(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+def stop(process: subprocess.Popen, grace_s: float = STOP_GRACE_S, on_line=None) -> None:
     """Pass a stop on to a worker process: SIGTERM (a multi-worker trial saves a coordinated backup
-    and exits), then SIGKILL after `grace_s`."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
+    and exits), SIGKILL after `grace_s`; its remaining output lines go to `on_line`."""
+    import threading
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    deadline = threading.Timer(grace_s, process.kill)
+    deadline.start()
     try:
-        process.communicate(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
+        for line in process.stdout or ():
+            if on_line is not None:
+                on_line(line)
+        process.wait()
+    finally:
+        deadline.cancel()
 
 
 # ------------------------------------------------------------------------- joining a run's train

@@ -1,0 +1,127 @@
+"""Multi-worker training: `auto` picks MultiWorkerMirroredStrategy from TF_CONFIG, `convpipe train-worker`
+joins the chief's train stage, both workers end with the same weights, only the chief writes."""
+import json
+import os
+import re
+
+import pytest
+
+from pipeline.config import ConfigError
+from tests.components import classification_fixtures as fx
+from tests.components.cluster_fixtures import Cluster, finish
+
+TWO_WORKERS = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}
+
+
+def test_auto_is_multi_worker_only_when_tf_config_names_several_tasks(monkeypatch, tmp_path):
+    from components.training.strategy import trains_in_this_process, uses_multi_worker
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps(TWO_WORKERS))
+    assert uses_multi_worker("auto") and uses_multi_worker("multi_worker") and not uses_multi_worker("default")
+    train = fx.tiny_config(tmp_path).train
+    assert not trains_in_this_process(train)  # collective ops are configured before TF starts: a fresh process
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker"}}))
+    assert not uses_multi_worker("auto")
+    monkeypatch.delenv("TF_CONFIG")
+    assert not uses_multi_worker("auto") and uses_multi_worker("multi_worker")
+
+
+def test_cluster_timeouts_do_not_change_the_train_cache_key(tmp_path):
+    from components.train import parameters
+
+    a = fx.tiny_config(tmp_path)
+    b = fx.tiny_config(tmp_path, cluster={"heartbeat_timeout_s": 3, "collective_timeout_s": None})
+    assert b.train.cluster.heartbeat_timeout_s == 3 and b.train.cluster.collective_timeout_s is None
+    assert parameters(a) == parameters(b)
+    assert parameters(a) != parameters(fx.tiny_config(tmp_path, epochs=3))
+
+
+def test_train_worker_refuses_the_chief_and_a_single_machine(monkeypatch, tmp_path):
+    from components.training.worker import check_can_join
+
+    config = fx.tiny_config(tmp_path)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="expected TF_CONFIG naming two or more tasks"):
+        check_can_join(config)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({**TWO_WORKERS, "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ConfigError, match=r"makes this task \(worker 0\) the chief; the chief runs `convpipe run`"):
+        check_can_join(config)
+    monkeypatch.setenv("TF_CONFIG", json.dumps(TWO_WORKERS))
+    with pytest.raises(ConfigError, match="train.distribution is 'default'"):
+        check_can_join(fx.tiny_config(tmp_path, distribution="default"))
+    check_can_join(config)  # worker 1 of two, distribution auto
+
+
+def test_a_joining_worker_finds_the_running_train_execution_with_its_params(tmp_path):
+    from pipeline import artifacts as layout
+    from pipeline.metadata import MetadataStore, NewArtifact
+    from components.train import parameters
+    from components.training.worker import JoinError, joinable_execution, spec_for
+
+    config = fx.tiny_config(tmp_path)
+    params = json.loads(json.dumps(parameters(config)))
+    with MetadataStore(tmp_path / "root") as store:
+        run = store.start_run(config.to_dict(), [])
+        augment = store.start_execution(run, "augment", params={}, cache_key="a" * 64, code_version="c",
+                                        inputs={}, external_fingerprint=None, reason={})
+        examples = store.complete_execution(augment, {"examples": NewArtifact("Examples", tmp_path / "root/augment/1/examples", "fp")})
+        assert joinable_execution(store, params) is None  # train has not started
+        train = store.start_execution(run, "train", params=params, cache_key="b" * 64, code_version="c",
+                                      inputs=examples, external_fingerprint=None, reason={})
+        execution = joinable_execution(store, params)
+        assert execution.id == train
+        spec = spec_for(config, store, execution, tmp_path / "scratch")
+        assert spec.examples_dir == str((tmp_path / "root/augment/1/examples").resolve())
+        assert spec.work_dir == str(layout.work_dir(store.root, "train", "b" * 64))
+        assert spec.name == f"run-{run}-train-{train}" and spec.output_dir == str(tmp_path / "scratch")
+        other = json.loads(json.dumps(parameters(fx.tiny_config(tmp_path, epochs=5))))
+        with pytest.raises(JoinError, match=r"other parameters than this worker's config \(they differ in: train\)"):
+            joinable_execution(store, other)
+        store.fail_execution(train, "boom")
+        assert joinable_execution(store, params) is None  # a failed attempt is not joined
+
+
+def test_weights_digest_changes_with_any_weight():
+    import numpy as np
+
+    from components.training.replicas import weights_digest
+
+    model = fx.oracle_model()
+    same = fx.oracle_model()
+    assert weights_digest(model) == weights_digest(same)
+    kernel, bias = same.get_layer("logits").get_weights()
+    bias[0] = np.nextafter(bias[0], np.float32(0))  # one ulp
+    same.get_layer("logits").set_weights([kernel, bias])
+    assert weights_digest(model) != weights_digest(same)
+
+
+@pytest.mark.slow
+def test_chief_run_and_train_worker_train_in_lockstep_and_only_the_chief_writes(tmp_path):
+    from pipeline import metadata as md
+    from pipeline.metadata import MetadataStore
+    from components.model_artifact import MODEL_FILE
+    from components.training.replicas import weights_digest
+    import keras
+
+    cluster = Cluster(tmp_path, counts={"train": 48, "eval": 12, "test": 12}, epochs=1, save_freq_steps=3)
+    chief, worker = cluster.start(1)
+    codes = finish(chief, worker)
+    chief_log, worker_log = cluster.log("chief-1"), cluster.log("worker-1")
+    assert codes == [0, 0], chief_log[-3000:] + worker_log[-3000:]
+    for log in (chief_log, worker_log):
+        assert "with multi_worker strategy (2 replica(s))" in log  # train.distribution=auto, TF_CONFIG of two
+    assert "joining train execution 2 of run 1" in worker_log
+    digests = [re.findall(r"trained weights sha256 ([0-9a-f]{64})", log) for log in (chief_log, worker_log)]
+    assert len(digests[0]) == 1 and digests[0] == digests[1], digests
+
+    with MetadataStore(cluster.root, create=False) as store:
+        (train,) = [e for e in store.executions(1) if e.stage == "train"]
+        assert train.state == md.COMPLETE
+        model_dir = store.outputs(train.id)["model"].uri
+    assert sorted(p.name for p in model_dir.iterdir()) == ["history.json", "model.keras", "trial.json"]
+    # one epoch: the best epoch is the last, so the artifact holds the weights both workers ended with
+    assert weights_digest(keras.saving.load_model(model_dir / MODEL_FILE)) == digests[0][0]
+    assert json.loads((model_dir / "trial.json").read_text())["params"]["num_replicas"] == 2
+    events = sorted(p.parent.name for p in (cluster.root / "tensorboard").glob("*/*/events.out.tfevents.*"))
+    assert events == ["eval", "train"]  # the chief's logs only
+    assert os.listdir(cluster.worker_tmp) == []  # the worker's private backups and scratch are gone
