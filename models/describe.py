@@ -17,6 +17,7 @@ import keras
 
 from models import arithmetic
 from models.arithmetic import Geometry
+from models.layers.select_frame import SelectFrame
 from models.layers.sum_pooling import SumPooling2D
 
 L = keras.layers
@@ -77,6 +78,9 @@ def _describe_layer(layer, g: Geometry) -> dict[str, Any]:
         out = arithmetic.apply_global(g)
         if getattr(layer, "keepdims", False):
             out = Geometry((1,) * rank, out.receptive_field, out.jump)
+    elif isinstance(layer, SelectFrame):
+        # One frame of a clip: the time axis goes; the frame still sees one time step.
+        out = Geometry(g.size[1:], g.receptive_field[1:], g.jump[1:])
     elif _spatial(layer.output.shape) == g.size:
         out = g     # batch norm, activation, dropout, dense on a vector, add, ...: no spatial change
     else:

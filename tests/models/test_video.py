@@ -151,7 +151,6 @@ def test_describe_model_prints_time_height_width_matching_keras(fusion):
     assert "8x16x16" in format_table(model_rows)
 
 
-@pytest.mark.xfail(raises=ValueError, reason="models/describe.py has no rule yet for SelectFrame (drops the time axis)")
 @pytest.mark.parametrize("fusion", ["single_frame", "late"])
 def test_describe_model_handles_frame_selection(fusion):
     from models.describe import describe_model
