@@ -66,6 +66,21 @@ def keras_replica_loss(model, loss, x, y, training: bool, num_replicas: int):
     return outputs, value
 
 
+class TrainingHooks:
+    """A trial's calls into the training loop (components/training/loop.fit), for tasks whose
+    training changes from step to step (multitask schedules) or that measure more per epoch than
+    per-batch sums allow. `TaskAdapter.training_hooks` returns one per trial; these do nothing."""
+
+    def before_step(self, epoch: int, global_step: int) -> None:
+        """Called before every training step: `epoch` 1-based, `global_step` the steps done so far
+        (0-based, continuing across epochs and resumes)."""
+
+    def end_of_epoch(self, epoch: int) -> dict:
+        """Extra entries for the epoch's row, after its train and eval sums: they land in
+        history.json and TensorBoard (names starting "val_" under eval/, the others under train/)."""
+        return {}
+
+
 class TaskAdapter:
     """One task's behaviour in every stage. Defaults suit any model trained by a registered loss."""
 
@@ -95,6 +110,28 @@ class TaskAdapter:
         from components.training.builders import build_loss
 
         return build_loss(train_section)
+
+    def build_model_and_loss(self, model_section, train_section, input_shape, num_classes: int):
+        """(model, loss), inside the strategy's scope: the model by `model.name`, the loss by
+        `build_loss`. A task whose loss needs the model (multitask) overrides this."""
+        from components.training.builders import build_network
+
+        return build_network(model_section, input_shape, num_classes), self.build_loss(train_section)
+
+    def epochs(self, train_section) -> int:
+        """Epochs the trial runs (default `train.epochs`); the learning-rate schedule spans them."""
+        return train_section.epochs
+
+    def monitor(self, evaluate_metric: str, has_eval: bool, train_section) -> str:
+        """The epoch-row entry that picks the weights kept (default: the eval metric when training
+        computes it per step, else the eval loss); "epoch" keeps the last epoch."""
+        from components.training.trial import monitor_for
+
+        return monitor_for(evaluate_metric, has_eval, self.metric_names)
+
+    def training_hooks(self, model, loss, train_section, eval_data) -> TrainingHooks:
+        """This trial's TrainingHooks; `eval_data()` gives the eval split's batches (None: no split)."""
+        return TrainingHooks()
 
     def replica_loss(self, model, loss, x, y, training: bool, num_replicas: int):
         """(outputs, per-replica mean loss) of one replica's share of a batch, inside tf.function.
@@ -152,6 +189,12 @@ class TaskAdapter:
         on the probe inputs and compare with the Keras model: {signature: max abs difference}.
         Raises ExportMismatch for disagreements no tolerance covers."""
         raise NotImplementedError(f"task {self.name!r} does not export")
+
+    def comparison_sections(self, trials: dict) -> list:
+        """Extra report sections (heading, HTML) comparing the trials of a sweep, for the compare
+        stage: `trials` maps a trial name to {"metrics" (metrics.json), "history" (history.json's
+        Keras-layout history), "trial" (trial.json), "values" (swept label -> value text)}."""
+        return []
 
     def predict_lines(self, saved_model: Path, paths: Sequence[Path]) -> list:
         """One printable line per input file for `convpipe predict`, from the version's serving_default.

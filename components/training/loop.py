@@ -135,10 +135,13 @@ class Plan:
 
 def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Optional[Callable[[], object]],
         plan: Plan, progress: Progress, backups: Backups, best: BestWeights, logs: TrainingLogs,
-        log: logging.Logger, on_epoch_end: Optional[Callable[[int], None]] = None, preemption=None) -> Progress:
+        log: logging.Logger, on_epoch_end: Optional[Callable[[int], None]] = None, preemption=None,
+        hooks=None) -> Progress:
     """Train from `progress` (fresh or restored) to `plan.epochs`; `train_data(epoch)` is a new
     global-batch dataset for that epoch, shuffled with a seed derived from the epoch. `preemption`
-    (preemption.PreemptionBackups) hears of every step and may save a backup and raise Preempted."""
+    (preemption.PreemptionBackups) hears of every step and may save a backup and raise Preempted.
+    `hooks` (components/tasks/base.TrainingHooks) hears of every step before it runs and adds its
+    entries to every epoch's row."""
     for epoch in range(progress.epochs_done + 1, plan.epochs + 1):
         if progress.stopped_early:
             break
@@ -149,6 +152,8 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
         if step:
             dataset = dataset.skip(step)
         for batch in steps.distribute(dataset):
+            if hooks is not None:
+                hooks.before_step(epoch, progress.global_step)
             sums = {k: float(v) for k, v in steps.train_step(batch).items()}
             step += 1
             progress.global_step += 1
@@ -175,6 +180,8 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
         row["learning_rate"] = steps.learning_rate()
         row["seconds"] = round(progress.seconds, 3)
         row["steps"] = progress.global_step
+        if hooks is not None:
+            row.update(hooks.end_of_epoch(epoch))
         _check_monitor(plan.monitor, row)
         progress.end_epoch(row)
 

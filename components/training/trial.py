@@ -111,7 +111,8 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     batch_size = builders.batch_size_for(train, train_size)
     steps_per_epoch = math.ceil(train_size / batch_size)
     has_eval = bool(ex.shard_files(spec.examples_dir, "eval")) and counts.get("eval", 1) > 0
-    monitor = monitor_for(config.evaluate.metric, has_eval, task.metric_names)
+    monitor = task.monitor(config.evaluate.metric, has_eval, train)
+    epochs = task.epochs(train)
     params = trial_params(config, batch_size, steps_per_epoch, placement, policy, jit)
     log.info("training %s with %s strategy (%d replica(s)), %s, jit_compile=%s, batch %d, %d steps per epoch",
              spec.name, placement.kind, placement.num_replicas, policy, jit, batch_size, steps_per_epoch)
@@ -119,9 +120,9 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     keras.utils.set_random_seed(train.seed)
     strategy = placement.strategy
     with strategy.scope():
-        model = builders.build_network(config.model, input_shape, task.num_classes(schema))
-        loss = task.build_loss(train)
-        optimizer = builders.build_optimizer(train, steps_per_epoch, policy)
+        model, loss = task.build_model_and_loss(config.model, train, input_shape, task.num_classes(schema))
+        optimizer = builders.build_optimizer(train if epochs == train.epochs else train.model_copy(
+            update={"epochs": epochs}), steps_per_epoch, policy)
         optimizer.build(model.trainable_variables)
     progress = Progress()
     objects = {"model": model, "optimizer": optimizer, "progress": progress.variable}
@@ -167,17 +168,18 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
         if png is not None:
             logs.sample_predictions(epoch, png)
 
-    plan = Plan(epochs=train.epochs, monitor=monitor, save_freq_steps=train.save_freq_steps,
+    plan = Plan(epochs=epochs, monitor=monitor, save_freq_steps=train.save_freq_steps,
                 early_stopping_monitor=train.early_stopping.monitor if train.early_stopping.enabled else None,
                 early_stopping_patience=train.early_stopping.patience)
     steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit, task=task)
+    hooks = task.training_hooks(model, loss, train, eval_data if has_eval else None)
     preemption = None
     if placement.kind == "multi_worker":
         from components.training.preemption import PreemptionBackups
         preemption = PreemptionBackups(strategy, checkpoint, progress, backups, log)
     try:
         fit(steps, train_data, eval_data if has_eval else None, plan, progress, backups, best, logs, log,
-            on_epoch_end=log_samples, preemption=preemption)
+            on_epoch_end=log_samples, preemption=preemption, hooks=hooks)
     finally:
         logs.close()
         backups.close()
