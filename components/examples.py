@@ -9,6 +9,9 @@ one file. A record, before encoding and after decoding, is a plain dict:
     label: int                                  (classification, video)
     mask: uint8 [H, W] class ids                (segmentation)
     boxes: float32 [N, 4] xmin, ymin, xmax, ymax normalised to [0, 1]; box_labels: int64 [N]
+    crowd_boxes: float32 [C, 4]; crowd_labels: int64 [C]   (detection, optional: COCO `iscrowd`
+                                                regions, never training targets, matched as
+                                                "ignore" by the evaluation)
     frames: uint8 [T, H, W, C]                  (video)
 """
 from __future__ import annotations
@@ -37,6 +40,9 @@ LABEL = "image/class/label"
 MASK = "image/segmentation/class/encoded"
 BOX_KEYS = ("image/object/bbox/xmin", "image/object/bbox/ymin", "image/object/bbox/xmax", "image/object/bbox/ymax")
 BOX_LABEL = "image/object/class/label"
+BOX_CROWD = "image/object/is_crowd"
+"""int64 per box, 1 for a crowd region (TF Object Detection API key). Crowd boxes are stored after
+the others in the same bbox/label lists; the key is written only when a record has crowd boxes."""
 VIDEO = "video/encoded"
 NUM_FRAMES = "video/num_frames"
 VIDEO_LABEL = "video/class/label"
@@ -162,10 +168,32 @@ def encode_example(record: dict, image_format: str = "png") -> bytes:
             labels = np.asarray(record.get("box_labels", []), dtype=np.int64).reshape(-1)
             if len(labels) != len(boxes):
                 raise RecordError(f"box_labels: expected {len(boxes)} labels, one per box, got {len(labels)}")
+            crowd = _crowd_part(record)
+            if crowd is not None:
+                boxes, labels = np.concatenate([boxes, crowd[0]]), np.concatenate([labels, crowd[1]])
+                feature[BOX_CROWD] = _ints([0] * (len(boxes) - len(crowd[1])) + [1] * len(crowd[1]))
             for key, column in zip(BOX_KEYS, boxes.T):
                 feature[key] = _floats(column)
             feature[BOX_LABEL] = _ints(labels)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _crowd_part(record: dict):
+    """(boxes [C, 4], labels [C]) of the record's crowd regions, checked; None when it has none."""
+    if "crowd_boxes" not in record:
+        return None
+    boxes = np.asarray(record["crowd_boxes"], dtype=np.float32).reshape(-1, 4)
+    if "crowd_labels" not in record:
+        raise RecordError(f"crowd_labels: expected one class label per crowd box ({len(boxes)}), the record has none")
+    labels = np.asarray(record["crowd_labels"], dtype=np.int64).reshape(-1)
+    if len(labels) != len(boxes):
+        raise RecordError(f"crowd_labels: expected {len(boxes)} labels, one per crowd box, got {len(labels)}")
+    bad = ~np.isfinite(boxes).all(axis=1) | (boxes < 0).any(axis=1) | (boxes > 1).any(axis=1) \
+        | (boxes[:, 0] >= boxes[:, 2]) | (boxes[:, 1] >= boxes[:, 3])
+    if bad.any():
+        raise RecordError(f"crowd_boxes: box {int(np.argmax(bad))} expected xmin<xmax, ymin<ymax inside [0, 1], "
+                          f"got {boxes[np.argmax(bad)].tolist()}")
+    return (boxes, labels) if len(boxes) else None
 
 
 def decode_example(serialized: bytes) -> dict:
@@ -193,8 +221,14 @@ def decode_example(serialized: bytes) -> dict:
         record["mask"] = decode_mask(one(MASK, "bytes_list"))
     if BOX_LABEL in f:
         columns = [np.asarray(f[k].float_list.value, dtype=np.float32) for k in BOX_KEYS]
-        record["boxes"] = np.stack(columns, axis=-1).reshape(-1, 4)
-        record["box_labels"] = np.asarray(f[BOX_LABEL].int64_list.value, dtype=np.int64)
+        boxes = np.stack(columns, axis=-1).reshape(-1, 4)
+        labels = np.asarray(f[BOX_LABEL].int64_list.value, dtype=np.int64)
+        crowd = np.asarray(f[BOX_CROWD].int64_list.value, dtype=bool) if BOX_CROWD in f else np.zeros(len(labels), bool)
+        if len(crowd) != len(labels):
+            raise RecordError(f"{record['id']}: {BOX_CROWD} expected {len(labels)} flags, one per box, got {len(crowd)}")
+        record["boxes"], record["box_labels"] = boxes[~crowd], labels[~crowd]
+        if crowd.any():
+            record["crowd_boxes"], record["crowd_labels"] = boxes[crowd], labels[crowd]
     return record
 
 
@@ -252,6 +286,7 @@ def feature_spec(task: str) -> dict:
         for key in BOX_KEYS:
             spec[key] = tf.io.VarLenFeature(tf.float32)
         spec[BOX_LABEL] = tf.io.VarLenFeature(tf.int64)
+        spec[BOX_CROWD] = tf.io.VarLenFeature(tf.int64)
     return spec
 
 
@@ -271,7 +306,10 @@ def parse_example(serialized, schema: dict):
 
     inputs: image float32 [H, W, C] (video: frames [T, H, W, C]).
     targets: classification/video one-hot [num_classes]; segmentation int32 mask [H, W];
-    detection {"boxes": [MAX_BOXES, 4] xyxy normalised, "labels": [MAX_BOXES]} padded with -1;
+    detection {"boxes": [MAX_BOXES, 4] xyxy normalised, "labels": [MAX_BOXES]} padded with -1, plus
+    "crowd_labels" [MAX_BOXES]: the class of a crowd box at its position, -1 elsewhere. A crowd
+    box's entry in "labels" is -1, so every loss (they all treat labels < 0 as absent) ignores it
+    while the evaluation still matches it as "ignore" (multitask gets no "crowd_labels");
     multitask a dict of every target present.
     meta: {"id", "source"} strings, for predictions and reports.
     """
@@ -299,11 +337,19 @@ def parse_example(serialized, schema: dict):
         targets["mask"] = tf.ensure_shape(tf.cast(mask, tf.int32), [height, width])
     if task in ("detection", "multitask"):
         columns = [tf.sparse.to_dense(parsed[key]) for key in BOX_KEYS]
-        boxes = tf.stack(columns, axis=-1)[:MAX_BOXES]
-        labels = tf.cast(tf.sparse.to_dense(parsed[BOX_LABEL]), tf.int32)[:MAX_BOXES]
+        boxes = tf.stack(columns, axis=-1)
+        labels = tf.cast(tf.sparse.to_dense(parsed[BOX_LABEL]), tf.int32)
+        crowd = tf.sparse.to_dense(parsed[BOX_CROWD])
+        crowd = tf.concat([crowd, tf.zeros_like(labels, tf.int64)], 0)[:tf.shape(labels)[0]] > 0  # absent: none
+        order = tf.argsort(tf.cast(crowd, tf.int32), stable=True)[:MAX_BOXES]  # crowd boxes are cut first
+        boxes, labels, crowd = tf.gather(boxes, order), tf.gather(labels, order), tf.gather(crowd, order)
         pad = MAX_BOXES - tf.shape(boxes)[0]
         targets["boxes"] = tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]], constant_values=-1.0), [MAX_BOXES, 4])
-        targets["labels"] = tf.ensure_shape(tf.pad(labels, [[0, pad]], constant_values=-1), [MAX_BOXES])
+        targets["labels"] = tf.ensure_shape(tf.pad(tf.where(crowd, -1, labels), [[0, pad]], constant_values=-1),
+                                            [MAX_BOXES])
+        if task == "detection":
+            targets["crowd_labels"] = tf.ensure_shape(
+                tf.pad(tf.where(crowd, labels, -1), [[0, pad]], constant_values=-1), [MAX_BOXES])
     if task == "classification":
         targets = targets["class"]
     elif task == "segmentation":

@@ -9,8 +9,8 @@
   names and schema.json keeps the id of each label (`coco_category_ids`), so predictions can be
   written back in COCO ids.
 - Crowd regions (`iscrowd: 1`) are left out of `boxes` (no training target) and kept in the
-  record's `crowd_boxes` [C, 4] (rel_xyxy) for evaluation to match as ignore. The Example format
-  has no key for them yet, so they are not written to the shards.
+  record's `crowd_boxes` [C, 4] (rel_xyxy) and `crowd_labels` [C] for evaluation to match as
+  ignore; the shards hold them with `image/object/is_crowd` = 1 (components/examples.py).
 - Images without any annotation are kept as negatives (no boxes).
 - Bad input goes to the dead letter, and only the bad part: an image that is missing, cannot be
   decoded or does not have the size the JSON states fails alone; an annotation that names an
@@ -154,6 +154,7 @@ class Reader:
             "boxes": rel[~crowd].astype(np.float32).reshape(-1, 4),
             "box_labels": labels[~crowd],
             "crowd_boxes": rel[crowd].astype(np.float32).reshape(-1, 4),
+            "crowd_labels": labels[crowd],
         }
 
     def fingerprint(self) -> str:
