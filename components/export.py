@@ -91,6 +91,7 @@ def executor(ctx: ExecutionContext) -> None:
     info = {"model_fingerprint": model_fingerprint, "pipeline_root": str(Path(config.pipeline.root).resolve()),
             "run_id": ctx.run_id, "execution_id": ctx.execution_id, **model_info,
             "image_size": trial["input_shape"][-3:], "evaluation": {blessing["metric"]: blessing["value"]},
+            "max_detections": config.export.max_detections,  # detectors pad their outputs to it
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     info.update(task.serving_info(info))
     try:
