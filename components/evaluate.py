@@ -135,7 +135,12 @@ def executor(ctx: ExecutionContext) -> None:
         raise StageError(f"evaluate: the {SPLIT} split of {examples_dir} is empty; nothing to evaluate on")
 
     model = load_keras_model(model_dir)
+    history = _optional_json(model_dir, HISTORY_FILE, read_json)
+    trial = _optional_json(model_dir, TRIAL_FILE, read_json)
     evaluation = task.evaluate(model, test, schema, config.evaluate, out)
+    training = task.evaluate_training(history or {}, trial or {})
+    evaluation.metrics.update(training.metrics)
+    evaluation.sections.extend(training.sections)
     metrics = evaluation.metrics
     ctx.log.info("%s", evaluation.summary)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -148,8 +153,6 @@ def executor(ctx: ExecutionContext) -> None:
                            f"{'pass' if c['passed'] else 'fail'}" for c in blessing["checks"]))
     task.write_probe(test, out / PROBE_DIR, PROBE_COUNT)
 
-    history = _optional_json(model_dir, HISTORY_FILE, read_json)
-    trial = _optional_json(model_dir, TRIAL_FILE, read_json)
     title = f"{config.pipeline.name}: evaluation of {trial.get('name', 'the trained model') if trial else 'the trained model'}"
     (out / REPORT_FILE).write_text(render_page(title, blessing, evaluation.sections, history or {}, trial))
     ctx.properties["evaluation"] = {"blessed": blessing["blessed"], "metric": config.evaluate.metric,

@@ -118,16 +118,16 @@ class TaskAdapter:
 
         return build_network(model_section, input_shape, num_classes), self.build_loss(train_section)
 
-    def epochs(self, train_section) -> int:
+    def epochs(self, config) -> int:
         """Epochs the trial runs (default `train.epochs`); the learning-rate schedule spans them."""
-        return train_section.epochs
+        return config.train.epochs
 
-    def monitor(self, evaluate_metric: str, has_eval: bool, train_section) -> str:
-        """The epoch-row entry that picks the weights kept (default: the eval metric when training
-        computes it per step, else the eval loss); "epoch" keeps the last epoch."""
+    def monitor(self, config, has_eval: bool) -> str:
+        """The epoch-row entry that picks the weights kept (default: `evaluate.metric` on the eval
+        split when training computes it per step, else the eval loss); "epoch" keeps the last epoch."""
         from components.training.trial import monitor_for
 
-        return monitor_for(evaluate_metric, has_eval, self.metric_names)
+        return monitor_for(config.evaluate.metric, has_eval, self.metric_names)
 
     def training_hooks(self, model, loss, train_section, eval_data) -> TrainingHooks:
         """This trial's TrainingHooks; `eval_data()` gives the eval split's batches (None: no split)."""
@@ -162,6 +162,11 @@ class TaskAdapter:
         """Run the Keras model on `test`, write `out_dir / PREDICTIONS_FILE` (one JSON line per
         example with at least "id" and "source"), return the metrics and report sections."""
         raise NotImplementedError(f"task {self.name!r} does not evaluate")
+
+    def evaluate_training(self, history: dict, trial: dict) -> Evaluation:
+        """Metrics and report sections read from the training record itself (history.json and
+        trial.json of the Model artifact), added to those of `evaluate`; default none."""
+        return Evaluation(metrics={})
 
     def evaluate_served(self, saved_model: Path, test: dict, schema: dict, evaluate_section) -> dict:
         """The metrics of a served SavedModel version on `test`, through its own serving_default,

@@ -111,8 +111,8 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     batch_size = builders.batch_size_for(train, train_size)
     steps_per_epoch = math.ceil(train_size / batch_size)
     has_eval = bool(ex.shard_files(spec.examples_dir, "eval")) and counts.get("eval", 1) > 0
-    monitor = task.monitor(config.evaluate.metric, has_eval, train)
-    epochs = task.epochs(train)
+    monitor = task.monitor(config, has_eval)
+    epochs = task.epochs(config)
     params = trial_params(config, batch_size, steps_per_epoch, placement, policy, jit)
     log.info("training %s with %s strategy (%d replica(s)), %s, jit_compile=%s, batch %d, %d steps per epoch",
              spec.name, placement.kind, placement.num_replicas, policy, jit, batch_size, steps_per_epoch)
