@@ -17,6 +17,7 @@ Each trial's TensorBoard run gets its test metrics (`test/epoch_<metric>`) and i
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -59,15 +60,15 @@ def trial_rows(ctx: ExecutionContext) -> tuple[list, dict, dict, dict]:
         blessing = _read(evaluations[name].uri, "blessing.json") or {}
         history = (_read(models[name].uri, HISTORY_FILE) or {}).get("history", {})
         trial = _read(models[name].uri, TRIAL_FILE) or {}
-        value = metrics.get(metric)
+        value = _number(metrics.get(metric))
         if value is None:
-            raise StageError(f"compare: {Path(evaluations[name].uri) / 'metrics.json'} (trial {name}) has no "
-                             f"{metric!r} (evaluate.metric); it has {sorted(metrics)}")
+            ctx.log.warning("compare: %s (trial %s) has no number %r (evaluate.metric); it has %s; the trial is "
+                            "ranked last", Path(evaluations[name].uri) / "metrics.json", name, metric, sorted(metrics))
         losses = [v for v in history.get("loss") or [] if v is not None]
         epochs, seconds = reach(history, metric, target)
         info = sweep.get(name)
         seed = info.seed if info else trial.get("params", {}).get("train", {}).get("seed", ctx.config.train.seed)
-        rows.append(TrialRow(name, info.group if info else name, seed, float(value), losses[-1] if losses else None,
+        rows.append(TrialRow(name, info.group if info else name, seed, value, losses[-1] if losses else None,
                              epochs, seconds, blessing.get("blessed")))
         histories[name] = history
         values[name] = {label: _text(v) for label, v in info.values.items()} if info else {}
@@ -75,9 +76,24 @@ def trial_rows(ctx: ExecutionContext) -> tuple[list, dict, dict, dict]:
     return rows, histories, values, extras
 
 
+def _number(value) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def _text(value) -> str:
     return value["name"] if isinstance(value, dict) and "name" in value else json.dumps(value) \
         if isinstance(value, (dict, list)) else str(value)
+
+
+def task_sections(task: str, rows, histories: dict, values: dict, extras: dict) -> list:
+    """The task's own comparison sections (e.g. every head of a multitask model), as (heading, HTML)."""
+    from components.tasks import get_task
+
+    trials = {r.name: {"metrics": extras[r.name]["metrics"], "history": histories[r.name],
+                       "trial": extras[r.name]["trial"], "values": values[r.name]} for r in rows}
+    return list(get_task(task).comparison_sections(trials))
 
 
 def log_to_tensorboard(rows, extras: dict, log) -> int:
@@ -113,12 +129,16 @@ def executor(ctx: ExecutionContext) -> None:
     rows, histories, values, extras = trial_rows(ctx)
     summaries = summarize(rows, metric)
     chosen = best_trial(rows, summaries, metric)
+    if chosen is None and len(rows) == 1:
+        chosen = rows[0].name
     if chosen is None:
-        raise StageError(f"compare: no trial has a value of {metric} to rank by")
+        raise StageError(f"compare: no trial's metrics.json has a number {metric!r} (evaluate.metric) to rank by; "
+                         f"trials: {', '.join(r.name for r in rows)}")
     sentence = verdict(summaries, metric)
     ctx.log.info("compare: %s", sentence)
-    ctx.log.info("compare: chose trial %s (%s %.4f)", chosen, metric,
-                 next(r.value for r in rows if r.name == chosen))
+    chosen_value = next(r.value for r in rows if r.name == chosen)
+    ctx.log.info("compare: chose trial %s (%s %s)", chosen, metric,
+                 "-" if chosen_value is None else f"{chosen_value:.4f}")
 
     out = Path(ctx.outputs["comparison"])
     document = {
@@ -140,11 +160,12 @@ def executor(ctx: ExecutionContext) -> None:
     link = os.path.relpath(chosen_report, out) if chosen_report.exists() else None
     title = f"{config.pipeline.name}: comparison of {len(rows)} trials by {metric}"
     (out / REPORT_FILE).write_text(render_comparison(
-        title, metric, target, rows, summaries, sentence, chosen, extras[chosen]["blessing"], histories, values, link))
+        title, metric, target, rows, summaries, sentence, chosen, extras[chosen]["blessing"], histories, values, link,
+        task_sections(config.ingest.task, rows, histories, values, extras)))
     log_to_tensorboard(rows, extras, ctx.log)
 
     ctx.chosen_trial = chosen
-    ctx.properties["comparison"] = {"metric": metric, "value": next(r.value for r in rows if r.name == chosen),
+    ctx.properties["comparison"] = {"metric": metric, "value": chosen_value,
                                     "best_group": summaries[0].group, "groups": len(summaries), "trials": len(rows),
                                     "tied_with_best": summaries[0].tied_with}
 

@@ -57,6 +57,7 @@ def curves_png(histories: dict[str, dict], colour_of: dict[str, str], metric: st
     if not any(h.get("epoch") for h in histories.values()):
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     palette = plt.get_cmap("tab10").colors
     values = list(dict.fromkeys(colour_of[name] for name in histories))
     colours = {value: palette[i % len(palette)] for i, value in enumerate(values)}
@@ -68,8 +69,9 @@ def curves_png(histories: dict[str, dict], colour_of: dict[str, str], metric: st
         for axis, key in zip(axes, ("loss", eval_key)):
             if history.get(key):
                 axis.plot(epochs, history[key], color=colour, alpha=0.75, linewidth=1.2, marker=".")
-    for axis, label in zip(axes, (f"training loss", f"{'eval ' if eval_key.startswith('val_') else 'train '}{metric}")):
+    for axis, label in zip(axes, ("training loss", f"{'eval ' if eval_key.startswith('val_') else 'train '}{metric}")):
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(f"{label} {title}")
         axis.grid(alpha=0.3)
     if any(min((v for v in (h.get("loss") or []) if v is not None and v > 0), default=1.0) < 1e-2 * max(
@@ -86,6 +88,7 @@ def panels_png(histories: dict[str, dict], group_of: dict[str, str], order: Sequ
     if len(groups) < 2:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     columns = min(4, len(groups))
     rows = math.ceil(len(groups) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False, sharey=True)
@@ -94,6 +97,7 @@ def panels_png(histories: dict[str, dict], group_of: dict[str, str], order: Sequ
             if group_of[name] == group and history.get("loss"):
                 axis.plot(history.get("epoch") or [], history["loss"], marker=".", linewidth=1)
         axis.set_title(group, fontsize=8)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(groups):]:
         axis.axis("off")
@@ -107,9 +111,11 @@ def _img(png: Optional[bytes], alt: str) -> str:
 
 def render_comparison(title: str, metric: str, target: Optional[float], rows: Sequence[TrialRow],
                       summaries: Sequence[GroupSummary], verdict: str, chosen: str, chosen_blessing: dict,
-                      histories: dict[str, dict], values: dict[str, dict], chosen_report: Optional[str]) -> str:
+                      histories: dict[str, dict], values: dict[str, dict], chosen_report: Optional[str],
+                      sections: Sequence[tuple[str, str]] = ()) -> str:
     """The report as one HTML string. `values`: trial -> {swept key label: value text};
-    `chosen_report`: a relative link to the chosen trial's evaluation report."""
+    `chosen_report`: a relative link to the chosen trial's evaluation report; `sections`: the task's
+    own (heading, HTML) sections, placed before the table of trials."""
     direction = "lower is better" if lower_is_better(metric) else "higher is better"
     target_text = f"{metric} {'<=' if lower_is_better(metric) else '>='} {target} on the eval split" \
         if target is not None else "no target set (evaluate.target)"
@@ -148,8 +154,10 @@ def render_comparison(title: str, metric: str, target: Optional[float], rows: Se
         parts += [f"<h2>Curves by {html.escape(label or 'trial')}</h2>",
                   _img(curves_png(histories, colour_of, metric, f"by {label or 'trial'}"), f"curves by {label}")]
     group_of = {r.name: r.group for r in rows}
-    parts += [_img(panels_png(histories, group_of, order), "curves per group"),
-              "<h2>Trials</h2>",
+    parts.append(_img(panels_png(histories, group_of, order), "curves per group"))
+    for heading, fragment in sections:
+        parts += [f"<h2>{html.escape(heading)}</h2>", fragment]
+    parts += ["<h2>Trials</h2>",
               _table(["trial", "group", "seed", f"test {metric}", "final training loss", "epochs to target",
                       "seconds to target", "blessed"], trial_rows),
               "</body></html>"]

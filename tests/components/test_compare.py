@@ -156,12 +156,20 @@ def test_the_stage_ranks_groups_chooses_a_trial_and_writes_the_report(tmp_path):
     assert len(re.findall(r'src="data:image/png;base64,', report)) == 3      # intervals, curves, panels
 
 
-def test_a_trial_without_the_metric_is_named(tmp_path):
+def test_a_trial_without_the_metric_is_ranked_last_and_none_with_it_fails(tmp_path):
     from components.compare import STAGE
     from pipeline.stage import StageError
 
     ctx = compare_context(tmp_path)
-    bad = ctx.trials["evaluation"]["optimizer=sgd,seed=1"].uri / "metrics.json"
-    bad.write_text(json.dumps({"loss": 0.5}))
-    with pytest.raises(StageError, match=r"\(trial optimizer=sgd,seed=1\) has no 'accuracy' \(evaluate.metric\)"):
+    (ctx.trials["evaluation"]["optimizer=adam,seed=1"].uri / "metrics.json").write_text(json.dumps({"loss": 0.5}))
+    STAGE.executor(ctx)
+    assert any("(trial optimizer=adam,seed=1) has no number 'accuracy' (evaluate.metric); it has ['loss']" in m
+               for m in fx.messages(ctx))
+    document = json.loads((ctx.outputs["comparison"] / "comparison.json").read_text())
+    assert document["groups"][0]["metric"]["n"] == 2 and document["groups"][0]["metric"]["mean"] == pytest.approx(0.955)
+    assert ctx.chosen_trial == "optimizer=adam,seed=2"
+
+    for evaluation in ctx.trials["evaluation"].values():
+        (evaluation.uri / "metrics.json").write_text(json.dumps({"loss": 0.5}))
+    with pytest.raises(StageError, match=r"no trial's metrics.json has a number 'accuracy' \(evaluate.metric\)"):
         STAGE.executor(ctx)
