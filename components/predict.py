@@ -4,7 +4,12 @@ Runs the version's `serving_default` signature on the files as they are (the Sav
 and resizes them itself, as it would behind TF Serving) and prints one line per file; the task
 recorded in the version's convpipe.json picks the adapter (components/tasks/) that reads the
 inputs and formats the lines. Classification: `<path>\t<class name>\t<probability>` per image;
-video: the same per clip (an animated GIF or a folder of numbered frames).
+video: the same per clip (an animated GIF or a folder of numbered frames); segmentation:
+`<path>\t<h>x<w>\t<class> <share of pixels>, ...`.
+
+`--heatmap OUT` (classifiers): also writes `OUT/<image stem>.png`, each class's probability at every
+window position of the image, from the classifier turned fully convolutional (components/heatmap.py);
+images may be larger than the training size.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="SERVING_DIR/NAME",
                         help="model directory holding numeric versions (<export.serving_root>/<export.model_name>)")
     parser.add_argument("--version", type=int, default=None, help="version to use (default: the latest)")
+    parser.add_argument("--heatmap", metavar="OUT", default=None,
+                        help="classifiers: write OUT/<image stem>.png, the class probability map over each image")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, GIF or BMP files (video: animated GIFs or folders of numbered frames)")
 
 
@@ -44,6 +51,16 @@ def main(args: argparse.Namespace, out=None) -> int:
         return 1
     for line in lines:
         print(line, file=out)
+    if getattr(args, "heatmap", None):
+        from components.heatmap import HeatmapError, write_heatmaps
+
+        try:
+            written = write_heatmaps(path, files, args.heatmap)
+        except HeatmapError as exc:
+            print(f"predict: --heatmap: {exc}", file=sys.stderr)
+            return 1
+        for target in written:
+            print(f"predict: heatmap written to {target}", file=sys.stderr)
     return 0
 
 
