@@ -207,6 +207,7 @@ class ClusterSection(Strict):
 
 
 class MultitaskSection(Strict):
+    name: str = Field("", description="A label for the scheme (names a sweep's trials); it changes nothing in training.")
     heads: list[str] = Field(
         default_factory=list,
         description="Heads to build and train; when non-empty it replaces model.params.heads (one head: a "
