@@ -10,6 +10,7 @@ Variants change one thing each against the same baseline, in the same alternatio
   batch_<n>       a larger batch
   channels_first  the same network with NCHW tensors (benchmarks/cnn_variants.py)
   fused_bn        the same network with TensorFlow's fused batch-norm kernel
+  batch_128_fused_bn  the two that helped most, together
   mixed_bfloat16  Keras's mixed_bfloat16 policy (train.mixed_precision; this CPU has AMX-BF16),
                   its FLOP/s still shown against the float32 peak
 and, in a fresh process each (the full size only), thread-pool sizes set through
@@ -45,6 +46,7 @@ VARIANTS = {
     "channels_first": {"layout": "channels_first"},
     "fused_bn": {"batch_norm": "fused"},
     "mixed_bfloat16": {"precision": "mixed_bfloat16"},
+    "batch_128_fused_bn": {"batch_size": 128, "batch_norm": "fused"},
 }
 THREAD_SETTINGS = {
     "intra1_inter1": {"intra": 1, "inter": 1},
