@@ -8,6 +8,9 @@ Sides, alternated in blocks of calls after a warm-up block:
   keras_function   the Keras model under tf.function on the decoded images (what a compiled
                    signature costs without decoding and post-processing: the target's baseline)
   keras_call       `model(images, training=False)`, eager, layer by layer
+  decode_only      probe: the signature's decoding step alone (map_fn of the reader's
+                   decode_image_tensor, resize included) under tf.function
+  decode_png_only  probe: the same with tf.io.decode_png and no resize, the cheapest decode
 serving_default over serving_images is the in-graph decoding; serving_images over keras_function
 is the post-processing and signature call.
 """
@@ -35,7 +38,7 @@ def run(size: str) -> Result:
     import tensorflow as tf
 
     from components import serving
-    from components.examples import encode_image
+    from components.examples import decode_image_tensor, encode_image
     from components.sources.synthetic import class_names
     from models import build_model
 
@@ -55,6 +58,12 @@ def run(size: str) -> Result:
         by_bytes = served.loaded.signatures[serving.BYTES_SIGNATURE]
         by_images = served.loaded.signatures[serving.IMAGES_SIGNATURE]
         compiled = tf.function(lambda images: model(images, training=False))
+        signature = tf.TensorSpec(image_shape, tf.float32)
+        decode_only = tf.function(lambda b: tf.map_fn(lambda e: decode_image_tensor(e, 3, image_shape[:2]), b,
+                                                      fn_output_signature=signature))
+        decode_png_only = tf.function(lambda b: tf.map_fn(
+            lambda e: tf.image.convert_image_dtype(tf.io.decode_png(e, 3), tf.float32), b,
+            fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32)))
 
         latencies: dict[str, list[float]] = {}
 
@@ -82,6 +91,9 @@ def run(size: str) -> Result:
                                                      lambda v: by_images(**{serving.IMAGES_INPUT: v}), images_in)
             sides[f"keras_function/{batch}"] = block(f"keras_function/{batch}", compiled, images_in)
             sides[f"keras_call/{batch}"] = block(f"keras_call/{batch}", lambda v: model(v, training=False), images_in)
+            if batch > 1:
+                sides[f"decode_only/{batch}"] = block(f"decode_only/{batch}", decode_only, bytes_in)
+                sides[f"decode_png_only/{batch}"] = block(f"decode_png_only/{batch}", decode_png_only, bytes_in)
         timing.alternate(sides, rounds=1, warmup=1)  # warm-up block, then forget its latencies
         latencies.clear()
         timing.alternate(sides, rounds=s["rounds"], warmup=0)
