@@ -33,6 +33,7 @@ IMAGES_SIGNATURE = "serving_images"
 BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
 METRICS = ("mean_iou", "pixel_accuracy", "loss")
+PIXEL_LOSSES = ("pixel_crossentropy", "pixel_focal")
 TIE_MARGIN = 1e-4
 """Where the Keras model's two best classes are closer than this in probability, a served mask may
 pick the other one without the export being wrong (float rounding differs between graphs)."""
@@ -148,6 +149,30 @@ class SegmentationTask(TaskAdapter):
         return len(mask_class_names(schema))
 
     # training ------------------------------------------------------------------------------------
+    def build_loss(self, train_section):
+        if train_section.loss not in PIXEL_LOSSES:
+            raise ValueError(f"train.loss: segmentation needs a per-pixel loss, one of {list(PIXEL_LOSSES)}; "
+                             f"got {train_section.loss!r}")
+        return super().build_loss(train_section)
+
+    def replica_loss(self, model, loss, x, y, training: bool, num_replicas: int):
+        """The default, with every mask id outside 0..K-1 handed to the loss as its own `ignore_value`.
+
+        Ingest admits no id outside the classes but the schema's ignore value, so such a pixel is
+        always one to ignore; the loss (train.loss_params.ignore_value, 255 by default) and the
+        source need not name the same number. A loss without an ignore value gets the mask as is.
+        """
+        import tensorflow as tf
+
+        from components.tasks.base import keras_replica_loss
+
+        ignore = getattr(loss, "ignore_value", None)
+        num_classes = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
+        if ignore is not None and num_classes is not None:
+            labels = tf.cast(y, tf.int32)
+            y = tf.where((labels >= 0) & (labels < num_classes), labels, tf.fill(tf.shape(labels), int(ignore)))
+        return keras_replica_loss(model, loss, x, y, training, num_replicas)
+
     def metric_sums(self, y, outputs) -> dict:
         """Sum over examples of each example's share of correct pixels among its valid ones (ids
         0..K-1; the ignore value lies outside); an example without valid pixels counts 0."""

@@ -245,3 +245,33 @@ def test_predict_lines_give_the_size_and_the_share_of_each_class(task, exported,
     counts = np.bincount(record["mask"].reshape(-1), minlength=3) / SIZE ** 2
     expected = ", ".join(f"{CLASS_NAMES[k]} {counts[k]:.3f}" for k in np.argsort(-counts, kind="stable"))
     assert shares == expected
+
+
+def test_ids_outside_the_classes_reach_the_loss_as_its_ignore_value(task):
+    """A mask_folder may ignore 254 while the loss ignores 255: the pixel is still left out."""
+    import keras
+    import tensorflow as tf
+
+    from models import get_loss
+
+    model = oracle_model()
+    record = tiny_record(1)
+    x = tf.constant(record["image"][None] / 255.0, tf.float32)
+    mask = record["mask"][None].astype(np.int32)
+    loss = get_loss("pixel_crossentropy", ignore_value=255)
+    _, clean = task.replica_loss(model, loss, x, tf.constant(mask), False, 1)
+    marked = mask.copy()
+    marked[0, :3, :3] = 254                                   # 9 pixels the source ignores
+    _, ignored = task.replica_loss(model, loss, x, tf.constant(marked), False, 1)
+    logits = model(x).numpy()[0]
+    per_pixel = -np.take_along_axis(keras.ops.log_softmax(logits).numpy(), mask[0][..., None], -1)[..., 0]
+    keep = np.ones_like(per_pixel, bool)
+    keep[:3, :3] = False
+    assert float(clean) == pytest.approx(per_pixel.mean(), rel=1e-5)
+    assert float(ignored) == pytest.approx(per_pixel[keep].mean(), rel=1e-5)
+
+
+def test_a_loss_that_is_not_per_pixel_is_refused(task):
+    with pytest.raises(ValueError, match=r"segmentation needs a per-pixel loss, one of .*'pixel_focal'.*got 'mse'"):
+        task.build_loss(SimpleNamespace(loss="mse", loss_params={}))
+    assert task.build_loss(SimpleNamespace(loss="pixel_focal", loss_params={"gamma": 1.0})).gamma == 1.0
