@@ -46,7 +46,7 @@ def trial_rows(ctx: ExecutionContext) -> tuple[list, dict, dict, dict]:
     """(rows, histories, swept values, extras) per trial, from the gathered artifacts."""
     from components.comparison import TrialRow, reach
     from components.model_artifact import HISTORY_FILE, TRIAL_FILE
-    from pipeline.sweep import expand
+    from pipeline.sweep import expand, value_text
 
     metric, target = ctx.config.evaluate.metric, ctx.config.evaluate.target
     models, evaluations = ctx.trials["model"], ctx.trials["evaluation"]
@@ -71,7 +71,7 @@ def trial_rows(ctx: ExecutionContext) -> tuple[list, dict, dict, dict]:
         rows.append(TrialRow(name, info.group if info else name, seed, value, losses[-1] if losses else None,
                              epochs, seconds, blessing.get("blessed")))
         histories[name] = history
-        values[name] = {label: _text(v) for label, v in info.values.items()} if info else {}
+        values[name] = {label: value_text(v) for label, v in info.values.items()} if info else {}
         extras[name] = {"metrics": metrics, "blessing": blessing, "trial": trial}
     return rows, histories, values, extras
 
@@ -80,11 +80,6 @@ def _number(value) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def _text(value) -> str:
-    return value["name"] if isinstance(value, dict) and "name" in value else json.dumps(value) \
-        if isinstance(value, (dict, list)) else str(value)
 
 
 def task_sections(task: str, rows, histories: dict, values: dict, extras: dict) -> list:

@@ -27,6 +27,12 @@ def _pm(s: Spread, digits: int = 4) -> str:
     return f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
 
 
+def _reached(s: Spread, total: int, digits: int = 1, count: bool = True) -> str:
+    """Mean (± std) over the seeds that reached the target, and how many did."""
+    text = "-" if s.mean is None else f"{s.mean:.{digits}f}" + (f" ± {s.std:.{digits}f}" if s.std is not None else "")
+    return f"{text} ({s.n}/{total})" if count else text
+
+
 def _interval(s: Spread) -> str:
     return f"[{s.interval[0]:.4f}, {s.interval[1]:.4f}]" if s.interval else "- (one seed)"
 
@@ -121,8 +127,9 @@ def render_comparison(title: str, metric: str, target: Optional[float], rows: Se
         if target is not None else "no target set (evaluate.target)"
     group_rows = [(s.rank, s.group, s.metric.n, _pm(s.metric), _interval(s.metric),
                    ", ".join(s.tied_with) or "-",
-                   f"{_pm(s.epochs_to_target, 1)} ({s.reached}/{len(s.trials)})" if target is not None else "-",
-                   _pm(s.seconds_to_target, 1) if target is not None else "-", _pm(s.final_loss))
+                   _reached(s.epochs_to_target, len(s.trials)) if target is not None else "-",
+                   _reached(s.seconds_to_target, len(s.trials), count=False) if target is not None else "-",
+                   _pm(s.final_loss))
                   for s in summaries]
     order = [s.group for s in summaries]
     trial_rows = [(r.name, r.group, r.seed, r.value if r.value is not None else "-",

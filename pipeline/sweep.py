@@ -16,10 +16,11 @@ trials train), and a trial equals a plain run with the same values.
 Trial names are stable, made only of each swept key's label and the trial's value, plus the seed:
 `optimizer=adam,loss=focal,seed=1`. A key's label is the shortest tail of its path (without a
 final `.name`) that no other swept key shares: `train.optimizer.name` -> `optimizer`,
-`model.params.fusion` -> `fusion`. A section-valued value is shown by its `name` (with a short hash
-when two values share a name), other lists and dicts by a hash. A trial's group is its name
-without the seed: the trials that differ only by seed, which a comparison averages over. With no
-sweep the group (and, without seeds, the trial) is called `default`.
+`model.params.fusion` -> `fusion`. A section-valued value reads as its `name` followed by its other
+keys, `momentum(learning_rate=0.02)`; other lists and dicts as a short hash of their JSON. A value's
+text depends on nothing but the value, so adding values never renames a trial. A trial's group is
+its name without the seed: the trials that differ only by seed, which a comparison averages over.
+With no sweep the group (and, without seeds, the trial) is called `default`.
 
 Only `train.*` and `model.*` keys can be swept: they are what the train stage's parameters hold.
 """
@@ -39,7 +40,7 @@ SWEEPABLE = ("train.", "model.")
 RUN_SETTINGS = ("train.sweep", "train.seeds", "train.parallel_trials", "train.seed")
 """Keys that cannot be swept: they say how the sweep runs (seeds come from train.seeds)."""
 DEFAULT_NAME = "default"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+\-()=,]")
 
 
 @dataclass(frozen=True)
@@ -126,23 +127,27 @@ def _check(sweep: dict, seeds: list) -> None:
 
 
 def _value_texts(key: str, values: list) -> list[str]:
-    """How each value reads in a trial name."""
-    named = [v.get("name") if isinstance(v, dict) and isinstance(v.get("name"), str) else None for v in values]
-    texts = []
-    for value, name in zip(values, named):
-        digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
-        if name is not None:
-            text = name if named.count(name) == 1 else f"{name}-{digest}"
-        elif isinstance(value, (dict, list)):
-            text = f"h{digest}"
-        elif isinstance(value, bool) or value is None:
-            text = json.dumps(value)
-        elif isinstance(value, float):
-            text = format(value, "g")
-        else:
-            text = str(value)
-        texts.append(_UNSAFE.sub("_", text))
-    return texts
+    """How each value reads in a trial name (from the value alone)."""
+    return [_UNSAFE.sub("_", value_text(value)) for value in values]
+
+
+def value_text(value: Any) -> str:
+    """A swept value as it reads in trial names and reports."""
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        rest = ",".join(f"{k}={value_text(v) if not isinstance(v, (dict, list)) else _digest(v)}"
+                        for k, v in value.items() if k != "name")
+        return f"{value['name']}({rest})" if rest else value["name"]
+    if isinstance(value, (dict, list)):
+        return _digest(value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
+
+
+def _digest(value: Any) -> str:
+    return "h" + hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
 
 
 def _set(data: dict, key: str, value: Any) -> None:

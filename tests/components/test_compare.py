@@ -150,7 +150,7 @@ def test_the_stage_ranks_groups_chooses_a_trial_and_writes_the_report(tmp_path):
     assert ctx.properties["comparison"]["best_group"] == "optimizer=adam"
 
     report = (ctx.outputs["comparison"] / "report.html").read_text()
-    for text in ("Verdict", "0.9600 ± 0.0100", "[0.9352, 0.9848]", "2.0 ± 0.0 (3/3)", "- (0/3)",
+    for text in ("Verdict", "0.9600 ± 0.0100", "[0.9352, 0.9848]", "2.0 ± 0.0 (3/3)", "- (0/3)", "2.0 ± 0.0</td>",
                  "Curves by optimizer", "optimizer=adam,seed=1", "its evaluation report"):
         assert text in report, text
     assert len(re.findall(r'src="data:image/png;base64,', report)) == 3      # intervals, curves, panels

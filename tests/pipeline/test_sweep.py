@@ -1,5 +1,6 @@
 """Sweeps: trial expansion and names (pipeline/sweep.py), and the runner's trial fan-out with fake stages."""
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -72,9 +73,12 @@ def test_section_values_merge_and_are_named_by_their_name():
                                             {"name": "sgd", "learning_rate": 0.1},
                                             {"name": "sgd", "learning_rate": 0.01}]})
     trials = expand(config(f"train.sweep={sweep}", "train.optimizer.schedule=cosine"))
-    names = [t.name for t in trials]
-    assert names[0] == "optimizer=adadelta"
-    assert names[1].startswith("optimizer=sgd-") and names[2].startswith("optimizer=sgd-") and names[1] != names[2]
+    assert [t.name for t in trials] == ["optimizer=adadelta(learning_rate=1)", "optimizer=sgd(learning_rate=0.1)",
+                                        "optimizer=sgd(learning_rate=0.01)"]
+    assert expand(config('train.sweep={"train.optimizer": [{"name": "adam"}]}'))[0].name == "optimizer=adam"
+    lists = expand(config('train.sweep={"model.params.blocks": [[{"filters": 8}], [{"filters": 16}]]}'))
+    assert [t.name for t in lists] == ["blocks=h" + hashlib.sha256(json.dumps(v).encode()).hexdigest()[:6]
+                                       for v in ([{"filters": 8}], [{"filters": 16}])]
     first = trials[0].config.train.optimizer
     assert (first.name, first.learning_rate, first.schedule) == ("adadelta", 1.0, "cosine")  # schedule kept
 
