@@ -3,6 +3,7 @@ IoU by hand, evaluate's predictions and report, the SavedModel's masks in a fres
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -275,3 +276,74 @@ def test_a_loss_that_is_not_per_pixel_is_refused(task):
     with pytest.raises(ValueError, match=r"segmentation needs a per-pixel loss, one of .*'pixel_focal'.*got 'mse'"):
         task.build_loss(SimpleNamespace(loss="mse", loss_params={}))
     assert task.build_loss(SimpleNamespace(loss="pixel_focal", loss_params={"gamma": 1.0})).gamma == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# the stages
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_segmentation_trains_evaluates_exports_and_predicts(tmp_path):
+    import tensorflow as tf
+
+    from components.evaluate import STAGE as EVALUATE
+    from components.examples import SCHEMA_FILE, encode_example, encode_image
+    from components.export import STAGE as EXPORT
+    from components.model_artifact import load_keras_model
+    from components.train import STAGE as TRAIN
+    from models.segmentation_metrics import segmentation_scores
+    from pipeline.config import load_config
+    from tests.components import classification_fixtures as fx
+
+    examples = tmp_path / "examples"
+    counts = {"train": 24, "eval": 4, "test": 6}
+    for split, count in counts.items():
+        (examples / split).mkdir(parents=True)
+        offset = {"train": 100, "eval": 200, "test": 0}[split]
+        with tf.io.TFRecordWriter(str(examples / split / "data-00000-of-00001.tfrecord.gz"), options="GZIP") as writer:
+            for i in range(count):
+                writer.write(encode_example(tiny_record(offset + i)))
+    (examples / SCHEMA_FILE).write_text(json.dumps({
+        "task": "segmentation", "class_names": CLASS_NAMES, "image_size": [SIZE, SIZE, 3], "split_counts": counts,
+        "features": [], "source": {"name": "tiny"}}))
+    config = load_config(None, [
+        f"pipeline.root={tmp_path / 'root'}", "ingest.task=segmentation", "model.name=fcn",
+        'model.params={"blocks": [{"filters": 4}, {"filters": 8}], "upsampling": "max_unpool"}',
+        "train.loss=pixel_crossentropy", "train.epochs=2", "train.batch_size=8", "train.num_sample_images=2",
+        "train.optimizer.name=adam", "train.optimizer.learning_rate=0.01", "evaluate.metric=mean_iou",
+        'evaluate.thresholds={"mean_iou": 0.0}', f"export.serving_root={tmp_path / 'serving'}", "export.model_name=masks"])
+
+    train = fx.context(config, tmp_path, "train", {"examples": examples}, ["model"])
+    TRAIN.executor(train)
+    model_dir = train.outputs["model"]
+    trial = json.loads((model_dir / "trial.json").read_text())
+    assert trial["task"] == "segmentation" and trial["input_shape"] == [SIZE, SIZE, 3]
+    history = json.loads((model_dir / "history.json").read_text())["history"]
+    assert len(history["val_pixel_accuracy"]) == 2 and all(0 <= v <= 1 for v in history["pixel_accuracy"])
+
+    evaluate = fx.context(config, tmp_path, "evaluate", {"examples": examples, "model": model_dir}, ["evaluation"])
+    EVALUATE.executor(evaluate)
+    out = evaluate.outputs["evaluation"]
+    model = load_keras_model(model_dir)
+    records = [tiny_record(i) for i in range(6)]
+    images = np.stack([r["image"] for r in records]).astype(np.float32) / 255.0
+    predicted = model.predict(images, verbose=0).argmax(-1)
+    expected = segmentation_scores(np.stack([r["mask"] for r in records]), predicted, 3, None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-6)
+    assert metrics["confusion_matrix"] == expected["confusion_matrix"]
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 6 and len(list((out / "probe").iterdir())) == 6
+    assert "Per-class IoU" in (out / "report.html").read_text()
+
+    export = fx.context(config, tmp_path, "export", {"model": model_dir, "evaluation": out}, ["pushed"])
+    EXPORT.executor(export)  # fresh process: masks equal the Keras argmax, probabilities within tolerance
+    pushed = json.loads((export.outputs["pushed"] / "pushed.json").read_text())
+    assert pushed["pushed"] is True and pushed["signatures"] == ["serving_default", "serving_images"]
+    assert max(pushed["max_abs_difference"].values()) < 1e-4
+
+    path = tmp_path / "zero.png"
+    path.write_bytes(encode_image(records[0]["image"]))
+    from components.tasks import get_task
+    [line] = get_task("segmentation").predict_lines(Path(pushed["path"]), [path])
+    counts = np.bincount(predicted[0].reshape(-1), minlength=3)
+    assert line.split("\t")[1] == f"{SIZE}x{SIZE}"
+    assert line.split("\t")[2].split(", ")[0].split(" ")[0] == CLASS_NAMES[int(counts.argmax())]
