@@ -10,10 +10,7 @@ directory per run.
 """
 from __future__ import annotations
 
-import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig
@@ -35,6 +32,10 @@ def check(config: PipelineConfig) -> None:
     if train.distribution == "multi_worker" and not os.environ.get("TF_CONFIG"):
         raise ConfigError("train.distribution: 'multi_worker' expects the TF_CONFIG environment variable to "
                           "describe the cluster; got no TF_CONFIG (use 'auto' to fall back to one machine)")
+    from components.training.strategy import uses_multi_worker
+    if train.parallel_trials > 1 and uses_multi_worker(train.distribution):
+        raise ConfigError(f"train.parallel_trials: a multi-worker run trains one trial at a time across the cluster "
+                          f"(TF_CONFIG names several workers); expected 1, got {train.parallel_trials}")
     if train.early_stopping.enabled and not (train.early_stopping.monitor.removeprefix("val_") in ("loss", "accuracy")):
         raise ConfigError(f"train.early_stopping.monitor: expected loss, accuracy, val_loss or val_accuracy, "
                           f"got {train.early_stopping.monitor!r}")
@@ -78,37 +79,13 @@ def executor(ctx: ExecutionContext) -> None:
 
 
 def train_in_subprocess(spec, log) -> dict:
-    """Run `components.training.worker` on `spec`, forwarding its log lines; returns trial.json."""
+    """Run `components.training.worker` on `spec`, forwarding its log lines; returns trial.json.
+    A SIGTERM or Ctrl-C meanwhile is passed on to it (a multi-worker trial saves its backup)."""
     import json
     from components.model_artifact import TRIAL_FILE
-    from components.training.worker import ERROR_PREFIX, LOG_PREFIX, stop
+    from components.training.worker import run_worker_process
 
-    spec_path = Path(spec.work_dir) / "trial_spec.json"
-    spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(spec.to_json())
-    env = child_environment()
-    process = subprocess.Popen([sys.executable, "-m", "components.training.worker", str(spec_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    error, tail = None, []
-
-    def forward(line: str) -> None:
-        nonlocal error, tail
-        line = line.rstrip("\n")
-        if line.startswith(ERROR_PREFIX):
-            error = line[len(ERROR_PREFIX):]
-        elif line.startswith(LOG_PREFIX):
-            level, _, message = line[len(LOG_PREFIX):].partition(" ")
-            log.log(getattr(logging, level, logging.INFO), "%s", message)
-        else:
-            tail = (tail + [line])[-30:]
-
-    try:
-        for line in process.stdout:
-            forward(line)
-        code = process.wait()
-    except BaseException:  # SIGTERM or Ctrl-C here: the worker saves its preemption backup, then exits
-        stop(process, on_line=forward)
-        raise
+    code, error, tail = run_worker_process(spec, Path(spec.work_dir) / "trial_spec.json", log, env=child_environment())
     if error is not None:
         raise StageError(error)
     if code != 0:

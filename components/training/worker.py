@@ -9,9 +9,11 @@ process cannot train there (devices already initialised differently, or multi-wo
 which must configure TensorFlow first). For multi-worker training the chief runs `convpipe run`
 as usual, and a cluster manager starts `convpipe train-worker` on every other task, each with its
 TF_CONFIG: the worker waits until the chief's run reaches its train stage (a RUNNING train
-execution in `<root>/metadata.sqlite` whose parameters are this config's), then trains the same
-trial from the same Examples and the same backups (`<root>` must be a filesystem every worker
-sees). It writes nothing there: only the chief writes backups, logs and the Model artifact.
+execution in `<root>/metadata.sqlite` whose parameters are those of a trial of this config), then
+trains the same trial from the same Examples and the same backups (`<root>` must be a filesystem
+every worker sees), each trial of a sweep in a fresh process, until the run moves past train. It
+writes nothing there: only the chief writes backups, logs and the Model artifact. A SIGTERM is
+passed on to the trial's process, which saves the cluster's preemption backup and exits with 143.
 
 `python -m ...worker` logs to stderr prefixed with `convpipe:`; a failure the user can act on
 prints `convpipe-error: <message>` and exits with 3, a preemption (SIGTERM: a coordinated backup
@@ -67,8 +69,9 @@ def lost_worker_message(exc: BaseException, work_dir: str) -> Optional[str]:
     lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
     if cluster_size() < 2 or not isinstance(exc, lost):
         return None
-    text = " ".join(str(exc).strip().splitlines()[:2])
+    text = " ".join(str(exc).split())
     detail = text[text.find("aborted by:") + len("aborted by:"):].strip() if "aborted by:" in text else text
+    detail = detail.split(" The tasks have crashed.")[0].split(" [[")[0]
     return (f"train: the cluster lost a worker ({type(exc).__name__}: {detail[:300]}); restart every worker, "
             f"and the run resumes from the newest backup under {Path(work_dir) / 'backups'}")
 
@@ -111,7 +114,57 @@ def stop(process: subprocess.Popen, grace_s: float = STOP_GRACE_S, on_line=None)
         deadline.cancel()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when its parent dies (Linux PR_SET_PDEATHSIG), so a
+    killed `convpipe run` or `convpipe train-worker` leaves no training process behind."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def run_worker_process(spec, spec_path: Path, log: logging.Logger, env: Optional[dict] = None,
+                       started=None) -> tuple[int, Optional[str], list[str]]:
+    """Train `spec` in a fresh `python -m components.training.worker` process whose log lines go to
+    `log`: (exit status, its message for the user or None, its last other output lines).
+
+    `started(process)` is called once it runs. Whatever interrupts the wait here (SIGTERM turned
+    into an exception, Ctrl-C) is passed on to the process with `stop`, then raised again.
+    """
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(spec.to_json())
+    process = subprocess.Popen([sys.executable, "-m", "components.training.worker", str(spec_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    error, tail = None, []
+
+    def forward(line: str) -> None:
+        nonlocal error, tail
+        line = line.rstrip("\n")
+        if line.startswith(ERROR_PREFIX):
+            error = line[len(ERROR_PREFIX):]
+        elif line.startswith(LOG_PREFIX):
+            level, _, message = line[len(LOG_PREFIX):].partition(" ")
+            log.log(getattr(logging, level, logging.INFO), "%s", message)
+        else:
+            tail = (tail + [line])[-30:]
+
+    try:
+        if started is not None:
+            started(process)
+        for line in process.stdout:
+            forward(line)
+        code = process.wait()
+    except BaseException:
+        stop(process, on_line=forward)
+        raise
+    return code, error, tail
+
+
 # ------------------------------------------------------------------------- joining a run's train
+class _Stopped(BaseException):
+    """SIGTERM while this worker waits for a trial to join."""
+
+
 class JoinError(RuntimeError):
     """This worker cannot join the chief's run (wrong task, other config, no run reached train)."""
 
@@ -127,6 +180,9 @@ def check_can_join(config) -> None:
     if not uses_multi_worker(config.train.distribution):
         raise ConfigError(f"convpipe train-worker: train.distribution is {config.train.distribution!r}; "
                           "expected 'auto' or 'multi_worker' for a multi-worker run")
+    if config.train.parallel_trials > 1:
+        raise ConfigError(f"convpipe train-worker: train.parallel_trials is {config.train.parallel_trials}; a "
+                          "multi-worker run trains one trial at a time across the cluster (expected 1)")
     if is_chief_task():
         task = tf_config().get("task", {})
         raise ConfigError(f"convpipe train-worker: TF_CONFIG makes this task ({task.get('type')} "
@@ -138,18 +194,29 @@ def _params_key(params: dict) -> str:
     return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
 
-def joinable_execution(store, params: dict):
-    """The RUNNING train execution of the run under way, or None when train is not running.
+def trial_parameters(config) -> dict[str, dict]:
+    """Trial name -> the train stage's parameters for it, as the runner records them (one trial
+    unless train.sweep or train.seeds ask for more)."""
+    from components.train import STAGE
 
-    Raises JoinError when it runs with other parameters (the worker's config is not the chief's).
+    trials = STAGE.expand(config) if STAGE.expand else [("default", config)]
+    return {name: json.loads(_params_key(STAGE.parameters(trial))) for name, trial in trials}
+
+
+def joinable_execution(store, trials: dict[str, dict], done: tuple = ()):
+    """The RUNNING train execution of the run under way (not one of `done`), or None.
+
+    Raises JoinError when it runs with parameters of no trial of this worker's config (the worker
+    was started with another config than the chief).
     """
     from pipeline import metadata as md
 
     execution = store.latest_execution("train", (md.RUNNING,))
-    if execution is None:
+    if execution is None or execution.id in done:
         return None
-    if _params_key(execution.params) != _params_key(params):
-        old, new = execution.params, params
+    keys = {_params_key(params) for params in trials.values()}
+    if _params_key(execution.params) not in keys:
+        old, new = execution.params, next(iter(trials.values()))
         differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise JoinError(f"train execution {execution.id} (run {execution.run_id}) is running with other "
                         f"parameters than this worker's config (they differ in: {', '.join(differ)}); "
@@ -158,7 +225,8 @@ def joinable_execution(store, params: dict):
 
 
 def spec_for(config, store, execution, output_dir: Path):
-    """The trial the chief's train execution is training, as this (non-chief) worker sees it."""
+    """The trial the chief's train execution is training, as this (non-chief) worker sees it;
+    `config` is that trial's config."""
     from pipeline import artifacts as layout
     from components.training.tensorboard import tensorboard_dir
     from components.training.trial import TrialSpec
@@ -178,31 +246,39 @@ def spec_for(config, store, execution, output_dir: Path):
 
 
 def wait_for_train(config, root: Path, output_dir: Path, timeout_s: float, log: logging.Logger,
-                   poll_s: float = 1.0):
-    """Poll the metadata store until the chief's run is training this config; its TrialSpec.
+                   done: tuple = (), run_id: Optional[int] = None, poll_s: float = 1.0):
+    """Poll the metadata store until the chief's run is training a trial of this config (other than
+    the executions in `done`): (execution, its TrialSpec).
 
-    Returns None when the run under way ended without training (train reused from the cache, or
-    an earlier stage failed); raises JoinError after `timeout_s`.
+    Returns None when the run ended first: run `run_id` (the one this worker joined before), else
+    a run that ended while we waited (train reused from the cache, or a stage failed). Raises
+    JoinError after `timeout_s`.
     """
     from pipeline import metadata as md
     from pipeline.metadata import MetadataStore
-    from components.train import parameters
+    from pipeline.sweep import trial_configs
 
-    params = json.loads(_params_key(parameters(config)))
+    trials = trial_parameters(config)
+    configs = dict(trial_configs(config))
     started = time.time()
     said = False
     while True:
         try:
             with MetadataStore(root, create=False) as store:
-                execution = joinable_execution(store, params)
+                execution = joinable_execution(store, trials, done)
                 if execution is not None:
-                    log.info("joining train execution %d of run %d under %s", execution.id, execution.run_id, root)
-                    return spec_for(config, store, execution, output_dir)
-                run_id = store.latest_run_id()
-                run = store.run(run_id) if run_id is not None else None
+                    name = next(n for n, p in trials.items() if _params_key(p) == _params_key(execution.params))
+                    log.info("joining train execution %d of run %d (trial %s) under %s", execution.id,
+                             execution.run_id, name, root)
+                    return execution, spec_for(configs.get(name, config), store, execution, output_dir)
+                if run_id is not None and _train_is_over(store, run_id, done):
+                    log.info("run %d has moved past its train stage; nothing more for this worker to do", run_id)
+                    return None
+                latest = store.latest_run_id()
+                run = store.run(latest) if latest is not None else None
                 if run is not None and run.state != md.RUNNING and (run.ended or 0) >= started:
-                    log.info("run %d ended %s without training (train was reused from the cache, or an "
-                             "earlier stage failed); nothing for this worker to do", run.id, run.state)
+                    log.info("run %d ended %s without training (train was reused from the cache, or an earlier "
+                             "stage failed); nothing for this worker to do", run.id, run.state)
                     return None
         except FileNotFoundError:
             pass  # no run under this root yet
@@ -215,8 +291,22 @@ def wait_for_train(config, root: Path, output_dir: Path, timeout_s: float, log: 
         time.sleep(poll_s)
 
 
+def _train_is_over(store, run_id: int, done: tuple) -> bool:
+    """Whether run `run_id` ended or started a stage after the train executions in `done`."""
+    from pipeline import metadata as md
+
+    if store.run(run_id).state != md.RUNNING:
+        return True
+    return any(e.id > max(done) and e.stage != "train" for e in store.executions(run_id))
+
+
 def train_worker(config, spec_path: Optional[str], timeout_s: float, log: logging.Logger) -> tuple[int, Optional[str]]:
-    """`convpipe train-worker`: (exit status, message for the user or None)."""
+    """`convpipe train-worker`: (exit status, message for the user or None).
+
+    Each trial trains in a fresh process (a process configures collective ops once); a SIGTERM
+    here is passed on to it, so it saves the cluster's preemption backup and exits with 143.
+    """
+    from components.train import child_environment
     from components.training.trial import TrialSpec
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -224,14 +314,40 @@ def train_worker(config, spec_path: Optional[str], timeout_s: float, log: loggin
         return run_spec(TrialSpec.from_json(Path(spec_path).read_text()), log)
     check_can_join(config)
     scratch = Path(tempfile.mkdtemp(prefix="convpipe-train-worker-"))
+    running: list[subprocess.Popen] = []
+    terminated = []
+
+    def pass_sigterm_on(signum, frame):
+        if running and running[-1].poll() is None:
+            terminated.append(signum)
+            running[-1].send_signal(signal.SIGTERM)
+        else:
+            raise _Stopped()
+
+    previous = signal.signal(signal.SIGTERM, pass_sigterm_on)
+    done: list[int] = []
+    run_id = None
     try:
-        spec = wait_for_train(config, Path(config.pipeline.root).resolve(), scratch / "model", timeout_s, log)
-        if spec is None:
-            return 0, None
-        return run_spec(spec, log)
+        while not terminated:
+            joined = wait_for_train(config, Path(config.pipeline.root).resolve(), scratch / f"model-{len(done)}",
+                                    timeout_s, log, tuple(done), run_id)
+            if joined is None:
+                return 0, None
+            execution, spec = joined
+            execution_id, run_id = execution.id, execution.run_id
+            code, error, tail = run_worker_process(spec, scratch / f"spec-{execution_id}.json", log,
+                                                   env=child_environment(), started=running.append)
+            if code != 0:
+                return code, error or (f"train-worker: the training process exited with code {code}; its last "
+                                       "output:\n" + "\n".join(tail))
+            done.append(execution_id)
+        return PREEMPTED_EXIT, "train-worker: stopped by SIGTERM between trials"
     except JoinError as exc:
         return 1, f"train-worker: {exc}"
+    except _Stopped:
+        return PREEMPTED_EXIT, "train-worker: stopped by SIGTERM while no trial was training"
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -37,8 +37,23 @@ def stages() -> list:
     return [EXAMPLES_STAGE, STAGE]
 
 
-CHIEF_MAIN = ("import sys; from pipeline.cli import main; from tests.components.cluster_fixtures import stages; "
-              "sys.exit(main(sys.argv[1:], stages=stages()))")
+class FrozenCodeRunner:
+    """The runner with one code version for every stage: a restarted chief must find its backups
+    (same cache key) even when someone edits the checkout between the two attempts."""
+
+    @staticmethod
+    def install() -> None:
+        import pipeline.runner
+
+        class Runner(pipeline.runner.Runner):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **dict(kwargs, code_version=lambda stage: "frozen-for-the-test"))
+
+        pipeline.runner.Runner = Runner
+
+
+CHIEF_MAIN = ("import sys; from pipeline.cli import main; from tests.components.cluster_fixtures import "
+              "FrozenCodeRunner, stages; FrozenCodeRunner.install(); sys.exit(main(sys.argv[1:], stages=stages()))")
 
 
 def free_ports(count: int) -> list[int]:

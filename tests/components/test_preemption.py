@@ -112,6 +112,7 @@ def test_sigterm_saves_one_coordinated_backup_and_the_pair_resumes_from_that_ste
     codes = finish(chief, worker)
     chief_log = cluster.log("chief-2")
     assert codes == [0, 0], chief_log[-3000:] + cluster.log("worker-2")[-3000:]
+    assert re.search(r"retrying after execution \d+ failed", chief_log)  # same cache key, same backups
     resumed = re.search(r"resuming from epoch (\d+), step (\d+)", chief_log)
     assert global_step(*map(int, resumed.groups())) == stopped_at  # not one step repeated
     executions, outputs = train_executions(cluster.root)
