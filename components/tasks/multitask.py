@@ -6,11 +6,11 @@ masked means added by the model's TaskWeighting, whose learned s_i train with th
 schedule (`joint`, `alternating`, `consecutive`) speaks through the loss's `active` mask, set
 before every step by this task's TrainingHooks; a consecutive schedule runs the sum of its
 phases' epochs and keeps the last epoch's weights (forgetting is measured against them), the
-others keep the epoch with the best `mean_head_score` on the eval split. After every epoch the
-hooks evaluate every head on the eval split (mean IoU, AP50, mAP, MAE and the mean head score as
-`val_*` entries; accuracy and each head's unweighted loss come from the per-step sums) and log the
-task weights (`task_weight_<head>`, and `log_variance_<head>` = s_i when learned) to
-history.json and TensorBoard.
+others keep the epoch with the lowest eval loss (every head active). After every epoch the hooks
+log the task weights (`task_weight_<head>`, and `log_variance_<head>` = s_i when learned) to
+history.json and TensorBoard; about ten times a trial, at every phase end and at the last epoch
+they evaluate every head on the eval split (mean IoU, AP50, mAP, MAE and the mean head score as
+`val_*` entries). Accuracy and each head's unweighted loss come from the per-step sums.
 
 Evaluation. Every head on the test split (components/tasks/multitask_scores.py): classification
 accuracy (and top-k, loss, macro P/R/F1), segmentation mean IoU and pixel accuracy, detection COCO
@@ -45,6 +45,8 @@ BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
 BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
+EPOCH_EVALUATIONS = 10
+"""Roughly how many times a trial evaluates every head on the eval split (see evaluation_epochs)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,6 +74,17 @@ def schedule_of(train_section, heads: Sequence[str]):
     multitask = train_section.multitask
     return make_schedule(multitask.schedule, heads, _only(multitask.ratio, heads),
                          _only(multitask.epochs_per_task, heads), max(1, train_section.epochs // len(heads)))
+
+
+def evaluation_epochs(train_section, heads: Sequence[str], evaluations: int = EPOCH_EVALUATIONS) -> set:
+    """Epochs after which every head is evaluated on the eval split: about `evaluations` of them
+    evenly spread, every consecutive phase end (and its would-be ends in other schedules, for
+    forgetting) and the last epoch. Detection AP costs seconds per evaluation on a CPU, so not
+    every epoch."""
+    total = schedule_of(train_section, heads).epochs(train_section.epochs)
+    every = max(1, round(total / evaluations))
+    chosen = {epoch for epoch in range(1, total + 1) if epoch % every == 0}
+    return chosen | {min(end, total) for end in phase_ends(train_section, heads).values()} | {total}
 
 
 def phase_ends(train_section, heads: Sequence[str]) -> dict:
@@ -113,11 +126,12 @@ class ScheduledLoss:
 
 
 class MultitaskHooks(TrainingHooks):
-    """Sets the schedule's active heads before each step; after each epoch, the task weights and
-    every head's metrics on the eval split for the epoch's row."""
+    """Sets the schedule's active heads before each step; after each epoch, the task weights for
+    the epoch's row, and after each of `evaluate_at` every head's metrics on the eval split."""
 
-    def __init__(self, model, loss: ScheduledLoss, schedule, eval_data=None):
+    def __init__(self, model, loss: ScheduledLoss, schedule, eval_data=None, evaluate_at=()):
         self.model, self.loss, self.schedule, self.eval_data = model, loss, schedule, eval_data
+        self.evaluate_at = set(evaluate_at)
         self.active = None
         self.eval_split = None
         config = model.head_config
@@ -134,7 +148,7 @@ class MultitaskHooks(TrainingHooks):
         weighting = self.model.task_weighting
         row = {f"task_weight_{head}": value for head, value in weighting.task_weights().items()}
         row.update({f"log_variance_{head}": value for head, value in weighting.log_variances().items()})
-        if self.eval_data is not None:
+        if self.eval_data is not None and epoch in self.evaluate_at:
             if self.eval_split is None:
                 self.eval_split = scores.targets_from_batches(self.eval_data(), self.model.head_config["image_shape"])
             images, targets = self.eval_split
@@ -176,14 +190,15 @@ class MultitaskTask(TaskAdapter):
         return schedule_of(config.train, heads_of(config.model, config.train)).epochs(config.train.epochs)
 
     def monitor(self, config, has_eval: bool) -> str:
-        """Consecutive: the last epoch (forgetting is measured against it); else the best eval
-        `mean_head_score` (the train loss without an eval split)."""
+        """Consecutive: the last epoch (forgetting is measured against it); else the lowest eval
+        loss with every head active (the train loss without an eval split)."""
         if config.train.multitask.schedule == "consecutive":
             return "epoch"
-        return "val_mean_head_score" if has_eval else "loss"
+        return "val_loss" if has_eval else "loss"
 
     def training_hooks(self, model, loss, train_section, eval_data) -> TrainingHooks:
-        return MultitaskHooks(model, loss, schedule_of(train_section, model.heads), eval_data)
+        return MultitaskHooks(model, loss, schedule_of(train_section, model.heads), eval_data,
+                              evaluation_epochs(train_section, model.heads))
 
     def replica_loss(self, model, loss, x, y, training, num_replicas):
         """Outputs {"heads": raw outputs, "head_losses": unweighted per-head means} and the

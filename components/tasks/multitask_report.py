@@ -72,7 +72,8 @@ def weights_png(history: Mapping, title: str = "") -> Optional[bytes]:
 
 
 def head_curves_png(history: Mapping, phase_ends: Optional[Mapping[str, int]] = None) -> Optional[bytes]:
-    """Each head's headline metric on the eval split per epoch; consecutive phases shaded."""
+    """Each head's headline metric on the eval split at the epochs it was measured; consecutive
+    phases shaded."""
     epochs = history.get("epoch") or []
     heads = [h for h in HEADLINE if history.get(f"val_{headline(h)}")]
     if not epochs or not heads:
@@ -80,8 +81,9 @@ def head_curves_png(history: Mapping, phase_ends: Optional[Mapping[str, int]] = 
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 3.8))
     for head in heads:
-        values = [math.nan if v is None else v for v in history[f"val_{headline(head)}"]]
-        axis.plot(epochs, values, marker=".", color=COLOURS[head], label=headline(head))
+        points = [(e, v) for e, v in zip(epochs, history[f"val_{headline(head)}"]) if v is not None]
+        axis.plot([e for e, _ in points], [v for _, v in points], marker=".", color=COLOURS[head],
+                  label=headline(head))
     start = 0.5
     for head, end in (phase_ends or {}).items():
         axis.axvspan(start, end + 0.5, color=COLOURS[head], alpha=0.08)

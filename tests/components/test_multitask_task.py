@@ -108,9 +108,20 @@ def test_schedule_epochs_and_the_kept_epoch_follow_train_multitask():
     assert TASK.epochs(consecutive) == 2 + 4 + 9 // 3                     # detection: train.epochs / heads
     assert TASK.monitor(consecutive, has_eval=True) == "epoch"
     baseline = _config(heads=["segmentation"], epochs_per_task={"classification": 2, "segmentation": 4})
-    assert TASK.epochs(baseline) == 9 and TASK.monitor(baseline, has_eval=True) == "val_mean_head_score"
+    assert TASK.epochs(baseline) == 9 and TASK.monitor(baseline, has_eval=True) == "val_loss"
     assert phase_ends(baseline.train, ["segmentation"]) == {"segmentation": 4}   # other heads' entries dropped
     assert TASK.monitor(baseline, has_eval=False) == "loss"
+
+
+def test_every_head_is_evaluated_about_ten_times_and_at_every_phase_end():
+    from components.tasks.multitask import evaluation_epochs
+
+    heads = ["classification", "segmentation", "detection"]
+    joint = _config(schedule="joint", epochs_per_task={"classification": 3, "segmentation": 4, "detection": 2})
+    longer = joint.train.model_copy(update={"epochs": 30})
+    assert evaluation_epochs(longer, heads) == {3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 7}   # 7: segmentation's end
+    consecutive = _config(schedule="consecutive", epochs_per_task={"classification": 3, "segmentation": 4, "detection": 2})
+    assert evaluation_epochs(consecutive.train, heads) == {1, 2, 3, 4, 5, 6, 7, 8, 9}
 
 
 def _tiny_model_and_loss(weighting="uncertainty", heads=("classification", "segmentation", "regression")):
