@@ -57,7 +57,7 @@ def heads_of(model_section, train_section) -> list[str]:
     from models.multitask_training import builder_params
 
     multitask = train_section.multitask
-    heads = builder_params(model_section.params, multitask.heads)["heads"]
+    heads = builder_params(model_section.params, multitask.heads).get("heads", ["classification"])  # the builder's default
     return [heads] if isinstance(heads, str) else list(heads)
 
 
@@ -272,13 +272,18 @@ class MultitaskTask(TaskAdapter):
     def evaluate_training(self, history: dict, trial: dict) -> Evaluation:
         """Forgetting per head (`forgetting_<head>` and the table under "forgetting") and the
         report's task weights and per-epoch head metrics, from history.json and trial.json."""
+        from pydantic import ValidationError
+
         from pipeline.config import TrainSection
 
         values = history.get("history", {})
         params = trial.get("params") or {}
-        if not values or "train" not in params:
+        try:
+            train = TrainSection.model_validate(params["train"])
+        except (KeyError, ValidationError):  # a Model artifact from before train.multitask existed
             return Evaluation(metrics={})
-        train = TrainSection.model_validate(params["train"])
+        if not values:
+            return Evaluation(metrics={})
         heads = [h for h in scores.HEADLINE if f"task_weight_{h}" in values]
         ends = phase_ends(train, heads) if heads else {}
         rows = scores.forgetting_rows(values, ends)
