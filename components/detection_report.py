@@ -122,10 +122,12 @@ def per_class_table(metrics: Mapping) -> str:
     return table_html(["class", "AP @[.50:.95]", "AP @.50", "AP @.75", "true boxes"], rows)
 
 
-def side_by_side_table(metrics_by_name: Mapping[str, Mapping]) -> str:
-    """Methods as columns, the COCO numbers and per-class AP as rows (one HTML table)."""
+def side_by_side_table(metrics_by_name: Mapping[str, Mapping], extra_rows: Sequence[Sequence] = ()) -> str:
+    """Methods as columns, the COCO numbers and per-class AP as rows (one HTML table), after
+    `extra_rows` (label, one value per method)."""
     names = list(metrics_by_name)
-    rows = [(about, *[_value(metrics_by_name[n].get(key)) for n in names]) for key, about in SUMMARY_ROWS[:6]]
+    rows = [tuple(row) for row in extra_rows]
+    rows += [(about, *[_value(metrics_by_name[n].get(key)) for n in names]) for key, about in SUMMARY_ROWS[:6]]
     classes = list(next(iter(metrics_by_name.values()), {}).get("per_class", {}))
     rows += [(f"AP {c}", *[_value(metrics_by_name[n].get("per_class", {}).get(c, {}).get("AP")) for n in names])
              for c in classes]

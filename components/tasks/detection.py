@@ -19,6 +19,14 @@ both -> boxes_xyxy [batch, D, 4] (normalised xmin, ymin, xmax, ymax), scores [ba
         classes [batch, D] int32, num_detections [batch] int32; rows past num_detections are zeros,
         D = export.max_detections (recorded in convpipe.json with the thresholds).
 A served model is evaluated through serving_default, so it is held to its own D detections.
+
+Comparing methods: each detector takes its own parameters, so `model.params.by_stage` may hold
+one parameter set per stage ({"one": {...}, "two": {...}, "sliding_window": {...}}); the entry of
+`model.params.stage` is merged over the other params when the model is built (`stage_params`).
+A sweep over `model.params.stage` then trains each method with its own settings
+(configs/detection_compare.json), and the compare stage ranks them by mAP on the same test split,
+with `comparison_sections` adding the COCO numbers and per-class AP side by side. `side_by_side`
+builds that table from the evaluations of separate runs.
 """
 from __future__ import annotations
 
@@ -82,6 +90,22 @@ def check_box_labels(labels: Sequence[np.ndarray], class_names: Sequence[str], w
     bad = sorted({int(v) for row in labels for v in row if not 0 <= v < len(class_names)})
     if bad:
         raise ValueError(f"test box labels {bad} are outside 0..{len(class_names) - 1} ({where})")
+
+
+def stage_params(params: Mapping) -> dict:
+    """`model.params` with `by_stage` resolved: the entry of params["stage"] (default "one") merged
+    over the other keys. Without `by_stage`, the params as they are."""
+    params = dict(params)
+    if "by_stage" not in params:
+        return params
+    by_stage = params.pop("by_stage")
+    stage = params.get("stage", "one")
+    if not isinstance(by_stage, dict) or not all(isinstance(v, dict) for v in by_stage.values()):
+        raise ValueError(f"model.params.by_stage: expected an object of stage -> params objects, got {by_stage!r}")
+    if stage not in by_stage:
+        raise ValueError(f"model.params.by_stage: expected an entry for stage {stage!r} (model.params.stage), "
+                         f"found entries for {sorted(by_stage)}")
+    return {**params, **by_stage[stage]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,6 +188,13 @@ class DetectionTask(TaskAdapter):
     signatures = (BYTES_SIGNATURE, IMAGES_SIGNATURE)
 
     # training ------------------------------------------------------------------------------------
+    def build_model_and_loss(self, model_section, train_section, input_shape, num_classes: int):
+        """The model from `model.params` with `by_stage` resolved (`stage_params`), and the loss."""
+        from components.training.builders import build_network
+
+        section = model_section.model_copy(update={"params": stage_params(model_section.params)})
+        return build_network(section, input_shape, num_classes), self.build_loss(train_section)
+
     def replica_loss(self, model, loss, x, y, training, num_replicas):
         """The registered loss on the raw outputs, or the model's `compute_loss`, on boxes and
         labels only (crowd regions are already label -1 there)."""
@@ -230,6 +261,18 @@ class DetectionTask(TaskAdapter):
     def evaluate_served(self, saved_model, test, schema, evaluate_section) -> dict:
         found = self.served_detections(saved_model, test["encoded"])
         return metrics_of(coco_metrics(test, found, schema["class_names"], schema["image_size"]), test)
+
+    def comparison_sections(self, trials: dict) -> list:
+        """The trials' COCO numbers and per-class AP side by side, with their stage and training time."""
+        from components.detection_report import side_by_side_table
+
+        metrics = {name: t["metrics"] for name, t in trials.items() if t.get("metrics")}
+        if not metrics:
+            return []
+        extra = [("stage", *[(trials[n]["trial"].get("params", {}).get("model", {}).get("params", {}) or {})
+                             .get("stage", "one") for n in metrics]),
+                 ("training seconds", *[float(trials[n]["trial"].get("seconds") or 0.0) for n in metrics])]
+        return [("Detectors side by side (test split, COCO)", side_by_side_table(metrics, extra))]
 
     def write_probe(self, test, probe_dir, count) -> None:
         from components.tasks.classification import image_extension

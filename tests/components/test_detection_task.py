@@ -176,6 +176,49 @@ def test_side_by_side_puts_methods_in_columns(tmp_path):
     assert "<td>n/a</td>" in table and "AP bright" in table
 
 
+def test_comparison_sections_show_each_trials_stage_and_numbers():
+    from components.tasks import get_task
+
+    def trial(stage, value, seconds):
+        return {"metrics": {"mAP": value, "AP50": 1.0, "per_class": {"bright": {"AP": value}}}, "history": {},
+                "trial": {"params": {"model": {"params": {"stage": stage}}}, "seconds": seconds}, "values": {}}
+
+    sections = get_task("detection").comparison_sections({"stage=one": trial("one", 0.8, 12.5),
+                                                          "stage=two": trial("two", 0.9, 30.0)})
+    (heading, table), = sections
+    assert heading == "Detectors side by side (test split, COCO)"
+    assert "<th>stage=one</th><th>stage=two</th>" in table and "<td>one</td><td>two</td>" in table
+    assert "<td>12.5000</td><td>30.0000</td>" in table and "<td>0.8000</td><td>0.9000</td>" in table
+    assert get_task("detection").comparison_sections({}) == []
+
+
+def test_by_stage_parameters_let_a_sweep_over_the_stage_build_each_method():
+    from components.tasks import get_task
+    from components.tasks.detection import stage_params
+    from pipeline.config import load_config
+    from pipeline.sweep import expand
+
+    by_stage = {"one": {"levels": 2, "anchor_sizes": [6, 12]}, "sliding_window": {"window": 8, "scales": [1.0]}}
+    assert stage_params({"stage": "sliding_window", "by_stage": by_stage}) == {
+        "stage": "sliding_window", "window": 8, "scales": [1.0]}
+    assert stage_params({"levels": 3}) == {"levels": 3}                       # nothing to resolve
+    with pytest.raises(ValueError, match=r"expected an entry for stage 'two' .* found entries for \['one', 'sliding_window'\]"):
+        stage_params({"stage": "two", "by_stage": by_stage})
+
+    config = load_config(None, [
+        "ingest.task=detection", "model.name=detector", "train.loss=detector",
+        "model.params=" + json.dumps({"stage": "one", "by_stage": {
+            "one": {"blocks": [{"filters": 4, "pool": "max"}, {"filters": 4, "pool": "max"}], "levels": 2,
+                    "fpn_filters": 4, "head_depth": 0, "anchor_sizes": [6, 12]},
+            "sliding_window": {"window": 8, "filters": [4], "hidden": 4, "scales": [1.0]}}}),
+        'train.sweep={"model.params.stage": ["one", "sliding_window"]}'])
+    built = {}
+    for trial in expand(config):
+        model, _ = get_task("detection").build_model_and_loss(trial.config.model, trial.config.train, (SIZE, SIZE, 1), 2)
+        built[trial.name] = type(model).__name__
+    assert built == {"stage=one": "OneStageDetector", "stage=sliding_window": "SlidingWindowDetector"}
+
+
 # ------------------------------------------------------------------------------------------------
 # export
 # ------------------------------------------------------------------------------------------------
