@@ -144,7 +144,9 @@ def explain(previous: Optional[md.ExecutionRecord], params: dict, inputs: dict[s
         parts.append("params changed: " + ", ".join(
             f"{k} ({_short(a)} -> {_short(b)})" for k, (a, b) in params_changed.items()))
     if inputs_changed:
-        parts.append("inputs changed: " + ", ".join(inputs_changed))
+        shown = inputs_changed if len(inputs_changed) <= 4 else inputs_changed[:3] + [
+            f"and {len(inputs_changed) - 3} more"]
+        parts.append("inputs changed: " + ", ".join(shown))
     if code_changed:
         parts.append("code changed")
     if external_changed:
@@ -197,6 +199,9 @@ class Runner:
         """Stage that expanded -> trial name -> the trial's config (for its per-trial successors)."""
         self._choices: dict[str, str] = {}
         """Stage that expanded -> the trial a gathering stage chose."""
+        self._code_versions: dict[str, str] = {}
+        """Stage -> its code version, read once per run: the sources the run started with, the same
+        for every trial, though the checkout may change while a long sweep runs."""
         if len(self._by_name) != len(self.stages):
             raise ConfigError(f"stage names must be unique, got {[s.name for s in self.stages]}")
 
@@ -280,6 +285,8 @@ class Runner:
                     log.info("%s", line)
                 available: dict[str, Artifact | Trials] = {}
                 self._trial_configs, self._choices = {}, {}
+                self._code_versions = {}
+                self._read_code_versions([*upstream, *selected])
                 try:
                     for stage in upstream:
                         self._reuse_upstream(store, stage, available)
@@ -303,6 +310,15 @@ class Runner:
                 store.end_run(run_id, result.state, result.error)
                 log.info("run %d %s", run_id, result.state)
         return result
+
+    def _read_code_versions(self, stages: list[Stage]) -> None:
+        """Every stage's code version before any runs, as close as can be to the imports; one that
+        cannot be read now is tried again (and its error recorded) when its stage runs."""
+        for stage in stages:
+            try:
+                self._code_versions[stage.name] = self.code_version(stage)
+            except Exception:
+                pass
 
     def _recover(self, store: MetadataStore) -> list[str]:
         """Clear what dead runs left: RUNNING executions become ABANDONED, their directories go."""
@@ -381,7 +397,9 @@ class Runner:
     def _identity(self, stage: Stage, job: "_Job") -> tuple[dict, str, Optional[str], str]:
         params = stage.parameters(job.config)
         canonical_json(params)
-        code = self.code_version(stage)
+        if stage.name not in self._code_versions:
+            self._code_versions[stage.name] = self.code_version(stage)
+        code = self._code_versions[stage.name]
         external = stage.external_fingerprint(job.config) if stage.external_fingerprint else None
         return params, code, external, cache_key(stage.name, code, params, job.inputs, external, job.gathered)
 

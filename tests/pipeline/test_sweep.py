@@ -200,6 +200,20 @@ def test_a_failed_trial_lets_its_siblings_finish_and_is_retried_alone(tmp_path, 
                                               if t["trial"] == "loss=focal,optimizer=sgd")
 
 
+def test_the_code_version_is_read_once_per_run_though_the_checkout_changes(tmp_path):
+    reads = []
+
+    def code_version(stage):  # a checkout edited while the sweep runs: every read differs
+        reads.append(stage.name)
+        return f"{stage.name}-{len(reads)}"
+    runner = Runner(config(f"train.sweep={SWEEP}"), fake.STAGES, tmp_path / "root", code_version=code_version)
+    result = runner.run()
+    assert result.ok and sorted(reads) == sorted(s.name for s in fake.STAGES)
+    with MetadataStore(tmp_path / "root") as store:
+        versions = {store.execution(t["execution_id"]).code_version for t in result.outcomes[1].trials}
+    assert len(versions) == 1
+
+
 def test_several_trials_without_a_choice_stop_the_run_with_a_reason(tmp_path):
     stages = [fake.DATA, fake.FIT, dataclasses.replace(fake.SHIP, inputs={"model": "fit.model"})]
     result = Runner(config(f"train.sweep={SWEEP}"), stages, tmp_path / "root").run()
