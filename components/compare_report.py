@@ -59,7 +59,8 @@ def intervals_png(summaries: Sequence[GroupSummary], rows: Sequence[TrialRow], m
 
 
 def curves_png(histories: dict[str, dict], colour_of: dict[str, str], metric: str, title: str) -> Optional[bytes]:
-    """Training loss and eval `metric` per epoch of every trial, one colour per value of `colour_of`."""
+    """Training loss (as is, and relative to its first epoch, which puts losses of different scales side by
+    side) and the eval `metric` per epoch of every trial, one colour per value of `colour_of`."""
     if not any(h.get("epoch") for h in histories.values()):
         return None
     plt = _pyplot()
@@ -68,23 +69,24 @@ def curves_png(histories: dict[str, dict], colour_of: dict[str, str], metric: st
     values = list(dict.fromkeys(colour_of[name] for name in histories))
     colours = {value: palette[i % len(palette)] for i, value in enumerate(values)}
     eval_key = f"val_{metric}" if any(f"val_{metric}" in h for h in histories.values()) else metric
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4))
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4))
     for name, history in histories.items():
         epochs = history.get("epoch") or []
         colour = colours[colour_of[name]]
-        for axis, key in zip(axes, ("loss", eval_key)):
-            if history.get(key):
-                axis.plot(epochs, history[key], color=colour, alpha=0.75, linewidth=1.2, marker=".")
-    for axis, label in zip(axes, ("training loss", f"{'eval ' if eval_key.startswith('val_') else 'train '}{metric}")):
+        losses = history.get("loss") or []
+        relative = [v / losses[0] if v is not None and losses[0] else None for v in losses]
+        for axis, series in zip(axes, (losses, relative, history.get(eval_key) or [])):
+            if series:
+                axis.plot(epochs, series, color=colour, alpha=0.75, linewidth=1.2, marker=".")
+    labels = ("training loss", "training loss / its first epoch's",
+              f"{'eval ' if eval_key.startswith('val_') else 'train '}{metric}")
+    for axis, label in zip(axes, labels):
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_title(f"{label} {title}")
+        axis.set_title(f"{label} {title}", fontsize=10)
         axis.grid(alpha=0.3)
-    if any(min((v for v in (h.get("loss") or []) if v is not None and v > 0), default=1.0) < 1e-2 * max(
-            (v for v in (h.get("loss") or []) if v is not None), default=1.0) for h in histories.values()):
-        axes[0].set_yscale("log")
     handles = [plt.Line2D([], [], color=colours[v], label=v) for v in values]
-    axes[1].legend(handles=handles, fontsize=8, loc="best")
+    axes[2].legend(handles=handles, fontsize=7, loc="best")
     return _png(figure)
 
 
@@ -125,8 +127,9 @@ def render_comparison(title: str, metric: str, target: Optional[float], rows: Se
     direction = "lower is better" if lower_is_better(metric) else "higher is better"
     target_text = f"{metric} {'<=' if lower_is_better(metric) else '>='} {target} on the eval split" \
         if target is not None else "no target set (evaluate.target)"
+    rank_of = {s.group: s.rank for s in summaries}
     group_rows = [(s.rank, s.group, s.metric.n, _pm(s.metric), _interval(s.metric),
-                   ", ".join(s.tied_with) or "-",
+                   ", ".join(f"#{rank_of[g]}" for g in s.tied_with) or "-",
                    _reached(s.epochs_to_target, len(s.trials)) if target is not None else "-",
                    _reached(s.seconds_to_target, len(s.trials), count=False) if target is not None else "-",
                    _pm(s.final_loss))
@@ -151,8 +154,10 @@ def render_comparison(title: str, metric: str, target: Optional[float], rows: Se
         + (f'<span class="blessed">blessed</span>' if blessed else '<span class="not-blessed">not blessed</span>')
         + "</p>",
         "<h2>Groups</h2>",
-        _table(["rank", "group", "seeds", f"{metric} mean ± std", "95% t-interval", "cannot be told from",
-                "epochs to target (reached)", "seconds to target", "final training loss"], group_rows),
+        _table(["rank", "group", "seeds", f"{metric} mean ± std", "95% t-interval", "overlaps (rank)",
+                "epochs to target (reached)", "training seconds to target", "final training loss"], group_rows),
+        "<p>Overlapping 95% t-intervals: the data do not order those groups. Seconds are training time on "
+        "this machine, which is shared: compare them within one run.</p>",
         _img(intervals_png(summaries, rows, metric), "intervals"),
     ]
     labels = list(next(iter(values.values()), {}))
