@@ -43,7 +43,8 @@ def intervals_png(summaries: Sequence[GroupSummary], rows: Sequence[TrialRow], m
     if not ranked:
         return None
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 0.5 * len(ranked) + 1.2))
+    longest = max(len(s.group) for s in ranked)
+    figure, axis = plt.subplots(figsize=(6 + 0.07 * longest, 0.5 * len(ranked) + 1.4))
     for y, summary in enumerate(reversed(ranked)):
         m = summary.metric
         if m.half_width is not None:
@@ -53,7 +54,7 @@ def intervals_png(summaries: Sequence[GroupSummary], rows: Sequence[TrialRow], m
         seeds = [r.value for r in rows if r.group == summary.group and r.value is not None]
         axis.plot(seeds, [y] * len(seeds), "x", color="black", markersize=5)
     axis.set_yticks(range(len(ranked)), [s.group for s in reversed(ranked)])
-    axis.set_xlabel(f"test {metric}: mean, ± std (thick), 95% t-interval (thin), seeds (x)")
+    axis.set_xlabel(f"test {metric}\nmean (dot), ± std (thick), 95% t-interval (thin), each seed (x)")
     axis.grid(axis="x", alpha=0.3)
     return _png(figure)
 
