@@ -38,7 +38,7 @@ DESCRIPTION = "Beam ingest (1 and 2 workers) vs a plain TFRecordWriter loop, exa
 
 SIZES = {
     "tiny": {"num_examples": 24, "image_size": 8, "rounds": 1, "startup": False},
-    "quick": {"num_examples": 200, "image_size": 32, "rounds": 2, "startup": False},
+    "quick": {"num_examples": 150, "image_size": 32, "rounds": 2, "startup": False},
     "full": {"num_examples": 3000, "image_size": 32, "rounds": 3, "startup": True},
 }
 MODES = {

@@ -10,6 +10,8 @@ global batch size, so 2 devices means half the batch per replica:
   detector   the one-stage detector; its step differentiates `model.compute_loss` (the detector
              interface has no train_step), with gradients summed over replicas
 Each worker times a warm-up epoch, then `epochs` epochs per family, and reports the median.
+A worker spends 30-50 s starting TensorFlow and tracing three models, so --quick runs one
+process per device count (A B) and the full size alternates three (A B A B A B).
 Both logical devices share this machine's cores and one intra-op thread pool, so two replicas
 can only gain where one replica leaves cores idle.
 """
@@ -29,7 +31,7 @@ DESCRIPTION = "MirroredStrategy on 1 vs 2 logical CPU devices; cnn, video and de
 
 SIZES = {
     "tiny": {"processes": 1, "epochs": 2, "cnn": (32, 8, 8), "video": (8, 8, 8, 4), "detector": (8, 32, 4)},
-    "quick": {"processes": 2, "epochs": 3, "cnn": (512, 32, 32), "video": (64, 32, 16, 8), "detector": (64, 64, 16)},
+    "quick": {"processes": 1, "epochs": 3, "cnn": (256, 32, 32), "video": (32, 32, 16, 8), "detector": (32, 64, 16)},
     "full": {"processes": 3, "epochs": 5, "cnn": (1024, 32, 32), "video": (128, 32, 32, 8), "detector": (128, 64, 16)},
 }
 """cnn: (images, size, batch); video: (clips, size, batch, frames); detector: (images, size, batch)."""
