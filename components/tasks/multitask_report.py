@@ -61,9 +61,11 @@ def weights_png(history: Mapping, title: str = "") -> Optional[bytes]:
         if learned:
             axes[0][1].plot(epochs, history.get(f"log_variance_{head}") or [], marker=".", color=COLOURS[head],
                             label=head)
-    axes[0][0].set_title(f"task weight (multiplier on L_i) {title}".strip())
+    axes[0][0].set_title("task weight (multiplier on L_i)")
     if learned:
         axes[0][1].set_title("learned s_i = log σ_i²")
+    if title:
+        figure.suptitle(title, fontsize=10)
     for axis in axes[0]:
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
@@ -234,7 +236,8 @@ def comparison_sections(trials: Mapping[str, Mapping]) -> list[tuple[str, str]]:
         sections.append(("Forgetting per scheme", "<p>Eval split: a task's metric at the end of its phase (consecutive; "
                          "the same epochs for the other schedules) minus at the end of training.</p>" + table_html(
                              ["trial", "scheme", "task", "epoch", "then", "at the end", "forgetting"], forgetting)))
-    plots = [image_html(weights_png(trials[n]["history"], f"- {n}"), f"task weights of {n}") for n in names
+    plots = [image_html(weights_png(trials[n]["history"], scheme_of(trials[n]["trial"])), f"task weights of {n}")
+             for n in names
              if any(trials[n]["history"].get(f"log_variance_{h}") for h in HEADLINE)]
     if plots:
         sections.append(("Learned task weights per epoch", "".join(plots)))
