@@ -271,7 +271,7 @@ class DetectionTask(TaskAdapter):
             return []
         extra = [("stage", *[(trials[n]["trial"].get("params", {}).get("model", {}).get("params", {}) or {})
                              .get("stage", "one") for n in metrics]),
-                 ("training seconds", *[float(trials[n]["trial"].get("seconds") or 0.0) for n in metrics])]
+                 ("training seconds", *[f"{float(trials[n]['trial'].get('seconds') or 0.0):.0f}" for n in metrics])]
         return [("Detectors side by side (test split, COCO)", side_by_side_table(metrics, extra))]
 
     def write_probe(self, test, probe_dir, count) -> None:

@@ -188,7 +188,7 @@ def test_comparison_sections_show_each_trials_stage_and_numbers():
     (heading, table), = sections
     assert heading == "Detectors side by side (test split, COCO)"
     assert "<th>stage=one</th><th>stage=two</th>" in table and "<td>one</td><td>two</td>" in table
-    assert "<td>12.5000</td><td>30.0000</td>" in table and "<td>0.8000</td><td>0.9000</td>" in table
+    assert "<td>12</td><td>30</td>" in table and "<td>0.8000</td><td>0.9000</td>" in table
     assert get_task("detection").comparison_sections({}) == []
 
 
