@@ -130,7 +130,9 @@ def _family(name: str, s: dict, placement):
             optimizer = keras.optimizers.Adam(1e-3)
             optimizer.build(model.trainable_variables)
             steps = StepFunctions(strategy, model, optimizer, get_loss("categorical_crossentropy"))
-        step = lambda batch: {k: float(v) for k, v in steps.train_step(batch).items()}  # noqa: E731
+
+        def step(batch):
+            return {k: float(v) for k, v in steps.train_step(batch).items()}
     distributed = _distribute(strategy, data.in_memory_dataset(x, y, batch))
 
     def epoch():
