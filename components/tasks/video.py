@@ -115,6 +115,26 @@ class VideoTask(ClassificationTask):
     def report_sections(self, metrics: dict, samples: dict) -> list:
         return [("About the task", ABOUT)] + super().report_sections(metrics, samples)
 
+    def comparison_sections(self, trials: dict) -> list:
+        """The fusion models side by side: test accuracy, parameters and training time per epoch,
+        most accurate first, with why a single frame cannot solve the task."""
+        from components.report import table_html
+
+        rows = []
+        for name, t in trials.items():
+            trial, metrics = t.get("trial") or {}, t.get("metrics") or {}
+            fusion = ((trial.get("params") or {}).get("model") or {}).get("params", {}).get("fusion", "slow")
+            epochs = trial.get("epochs_run") or 0
+            per_epoch = float(trial.get("seconds") or 0.0) / epochs if epochs else float("nan")
+            rows.append((metrics.get("accuracy", float("nan")), name, fusion, trial.get("parameters"), per_epoch))
+        if not rows:
+            return []
+        rows.sort(key=lambda r: -r[0] if r[0] == r[0] else float("inf"))
+        table = table_html(("trial", "fusion", "test accuracy", "parameters", "training s / epoch"),
+                           [(name, fusion, f"{acc:.4f}", f"{params:,}" if params else "-", f"{sec:.1f}")
+                            for acc, name, fusion, params, sec in rows])
+        return [("Fusion models side by side (test split)", ABOUT + table)]
+
     def evaluate(self, model, test, schema, evaluate_section, out_dir) -> Evaluation:
         from components.classification_metrics import classification_metrics
 

@@ -198,6 +198,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
         "params": params,
         "class_names": class_names,
         "input_shape": list(input_shape),
+        "parameters": int(model.count_params()),
         "monitor": monitor,
         "best_epoch": progress.best_epoch,
         "best_value": progress.best_value,
