@@ -1,10 +1,11 @@
 """The two trainers the benchmarks compare: the train stage's loop, and plain Keras `fit`.
 
 `PipelineTrainer` wires the train stage's own parts the way components/training/trial.py does
-(strategy from the config, model/loss/optimizer by name inside its scope, `StepFunctions`, the
-gzip-shard reader, two-generation backups, best weights, TensorBoard scalars and sample
-predictions) and runs `loop.fit` one epoch at a time, so the benchmark can alternate epochs with
-the baseline. `plain_keras` builds the same network, loss and optimizer and compiles them for `fit`.
+(strategy from the config, the task adapter's model and loss and the optimizer inside its scope,
+`StepFunctions` and training hooks for the task, the gzip-shard reader, two-generation backups,
+best weights, TensorBoard scalars and the task's sample-prediction grid) and runs `loop.fit` one
+epoch at a time, so the benchmark can alternate epochs with the baseline. `plain_keras` builds the
+same network, loss and optimizer and compiles them for `fit`.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class PipelineTrainer:
         import tensorflow as tf
 
         from components import examples as ex
-        from components.report import prediction_grid_png
+        from components.tasks import get_task
         from components.training import builders
         from components.training.backups import Backups, BestWeights
         from components.training.history import Progress
@@ -40,8 +41,9 @@ class PipelineTrainer:
         self.jit = use_jit(train.jit_compile, self.placement.on_gpu) if jit is None else jit
 
         schema = ex.read_schema(examples_dir)
+        task = get_task(schema.get("task", "classification"))
         self.examples_dir = Path(examples_dir)
-        self.input_shape = tuple(schema["image_size"])
+        self.input_shape = task.input_shape(schema)
         self.class_names = schema["class_names"]
         self.train_size = int(schema["split_counts"]["train"])
         self.batch_size = builders.batch_size_for(train, self.train_size)
@@ -51,8 +53,8 @@ class PipelineTrainer:
         keras.utils.set_random_seed(train.seed)
         strategy = self.placement.strategy
         with strategy.scope():
-            self.model = builders.build_network(config.model, self.input_shape, len(self.class_names))
-            loss = builders.build_loss(train)
+            self.model, loss = task.build_model_and_loss(config.model, train, self.input_shape,
+                                                         task.num_classes(schema))
             optimizer = builders.build_optimizer(train, self.steps_per_epoch, policy)
             optimizer.build(self.model.trainable_variables)
         self.progress = Progress()
@@ -61,7 +63,9 @@ class PipelineTrainer:
         self.backups = Backups(work_dir / "backups", checkpoint, keep=2)
         self.best = BestWeights(work_dir / "best", self.model)
         self.logs = TrainingLogs(work_dir / "tensorboard")
-        self.steps = StepFunctions(strategy, self.model, loss_fn=loss, optimizer=optimizer, jit_compile=self.jit)
+        self.steps = StepFunctions(strategy, self.model, loss_fn=loss, optimizer=optimizer, jit_compile=self.jit,
+                                   task=task)
+        self.hooks = task.training_hooks(self.model, loss, train, None)
         self.plan = Plan(epochs=0, monitor="loss", save_freq_steps=train.save_freq_steps)
 
         samples = None
@@ -71,11 +75,10 @@ class PipelineTrainer:
         def log_samples(epoch: int) -> None:
             if samples is None:
                 return
-            images, targets = samples[0].numpy(), samples[1].numpy()
-            probabilities = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32)).numpy()
-            png = prediction_grid_png(images, targets.argmax(-1), probabilities.argmax(-1), probabilities.max(-1),
-                                      self.class_names)
-            self.logs.sample_predictions(epoch, png)
+            targets = tf.nest.map_structure(lambda t: t.numpy(), samples[1])
+            png = task.sample_grid_png(self.model, samples[0].numpy(), targets, self.class_names)
+            if png is not None:
+                self.logs.sample_predictions(epoch, png)
 
         self.on_epoch_end = log_samples
 
@@ -93,7 +96,7 @@ class PipelineTrainer:
 
         self.plan.epochs += 1
         fit(self.steps, self.train_data, None, self.plan, self.progress, self.backups, self.best, self.logs, LOG,
-            on_epoch_end=self.on_epoch_end)
+            on_epoch_end=self.on_epoch_end, hooks=self.hooks)
         return self.progress.rows[-1]
 
     def close(self) -> None:
