@@ -66,28 +66,28 @@ def read_info(path: str | Path) -> dict:
 # ------------------------------------------------------------------------------------------------
 # building the SavedModel
 # ------------------------------------------------------------------------------------------------
-def export_archive(model, class_names: Sequence[str], image_size: Sequence[int]):
-    """A keras.export.ExportArchive with the two classification signatures."""
-    import keras
+def decode_batch(image_bytes, image_size: Sequence[int]):
+    """A [batch] string tensor of encoded images -> float32 [batch, H, W, C], decoded as the reader does."""
     import tensorflow as tf
 
     from components.examples import decode_image_tensor
 
     height, width, channels = (int(v) for v in image_size)
-    names = tf.constant(list(class_names))
+    return tf.map_fn(lambda data: decode_image_tensor(data, channels, (height, width)), image_bytes,
+                     fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
 
-    def postprocess(logits):
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return {"probabilities": probabilities, "class_id": class_id, "class_name": tf.gather(names, class_id)}
 
-    def serve_images(images):
-        return postprocess(model(images, training=False))
+def image_archive(model, image_size: Sequence[int], serve_images, serve_bytes=None):
+    """An ExportArchive with the two image signatures every image task serves: `serving_default` on
+    encoded image bytes (decoded in the graph, then `serve_images`, unless `serve_bytes` is given)
+    and `serving_images` on float images of the training size."""
+    import keras
+    import tensorflow as tf
 
-    def serve_bytes(image_bytes):
-        images = tf.map_fn(lambda data: decode_image_tensor(data, channels, (height, width)), image_bytes,
-                           fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
-        return serve_images(images)
+    height, width, channels = (int(v) for v in image_size)
+    if serve_bytes is None:
+        def serve_bytes(image_bytes):
+            return serve_images(decode_batch(image_bytes, image_size))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -96,6 +96,20 @@ def export_archive(model, class_names: Sequence[str], image_size: Sequence[int])
     archive.add_endpoint(IMAGES_SIGNATURE, serve_images,
                          input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name=IMAGES_INPUT)])
     return archive
+
+
+def export_archive(model, class_names: Sequence[str], image_size: Sequence[int]):
+    """A keras.export.ExportArchive with the two classification signatures."""
+    import tensorflow as tf
+
+    names = tf.constant(list(class_names))
+
+    def serve_images(images):
+        probabilities = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32), axis=-1)
+        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {"probabilities": probabilities, "class_id": class_id, "class_name": tf.gather(names, class_id)}
+
+    return image_archive(model, image_size, serve_images)
 
 
 def write_saved_model(model, class_names: Sequence[str], image_size: Sequence[int], path: str | Path, info: dict) -> None:

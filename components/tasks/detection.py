@@ -287,12 +287,10 @@ class DetectionTask(TaskAdapter):
                 "iou_threshold": IOU_THRESHOLD, "max_detections": int(info.get("max_detections", DEFAULT_MAX_DETECTIONS))}
 
     def export_archive(self, model, info):
-        import keras
         import tensorflow as tf
 
-        from components.examples import decode_image_tensor
+        from components import serving
 
-        height, width, channels = (int(v) for v in info["input_shape"])
         max_detections = int(info.get("max_detections", DEFAULT_MAX_DETECTIONS))
 
         def serve_images(images):
@@ -302,18 +300,7 @@ class DetectionTask(TaskAdapter):
                     "classes": tf.cast(found["classes"], tf.int32),
                     "num_detections": tf.cast(found["num_detections"], tf.int32)}
 
-        def serve_bytes(image_bytes):
-            images = tf.map_fn(lambda data: decode_image_tensor(data, channels, (height, width)), image_bytes,
-                               fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
-            return serve_images(images)
-
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(BYTES_SIGNATURE, serve_bytes,
-                             input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
-        archive.add_endpoint(IMAGES_SIGNATURE, serve_images, input_signature=[
-            tf.TensorSpec([None, height, width, channels], tf.float32, name=IMAGES_INPUT)])
-        return archive
+        return serving.image_archive(model, info["input_shape"], serve_images)
 
     def check_export(self, saved_model, model, probe_dir, info, scratch) -> dict:
         """Both signatures in a fresh process against `model.detect` on the probe images: the same

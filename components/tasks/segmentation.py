@@ -266,9 +266,9 @@ class SegmentationTask(TaskAdapter):
     # export and predict --------------------------------------------------------------------------
     def export_archive(self, model, info):
         """serving_default on encoded images (outputs at their own size); serving_images on floats."""
-        import keras
         import tensorflow as tf
 
+        from components import serving
         from components.examples import decode_image_tensor
 
         height, width, channels = (int(v) for v in info["input_shape"])
@@ -298,13 +298,7 @@ class SegmentationTask(TaskAdapter):
                 logits = model(images, training=False)
             return postprocess(logits, size)
 
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(BYTES_SIGNATURE, serve_bytes,
-                             input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
-        archive.add_endpoint(IMAGES_SIGNATURE, serve_images, input_signature=[
-            tf.TensorSpec([None, height, width, channels], tf.float32, name=IMAGES_INPUT)])
-        return archive
+        return serving.image_archive(model, info["input_shape"], serve_images, serve_bytes)
 
     def check_export(self, saved_model, model, probe_dir, info, scratch) -> dict:
         """Both signatures in a fresh process on the probe images: masks must equal the Keras model's
