@@ -323,29 +323,14 @@ class MultitaskTask(TaskAdapter):
 
     # export and predict --------------------------------------------------------------------------
     def export_archive(self, model, info):
-        import keras
-        import tensorflow as tf
+        from components import serving
 
-        from components.examples import decode_image_tensor
-
-        height, width, channels = (int(v) for v in info["input_shape"])
         class_names = list(info["class_names"])
 
         def serve_images(images):
             return scores.postprocess(model(images, training=False), model.head_config, class_names)
 
-        def serve_bytes(image_bytes):
-            images = tf.map_fn(lambda data: decode_image_tensor(data, channels, (height, width)), image_bytes,
-                               fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
-            return serve_images(images)
-
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(BYTES_SIGNATURE, serve_bytes,
-                             input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
-        archive.add_endpoint(IMAGES_SIGNATURE, serve_images, input_signature=[
-            tf.TensorSpec([None, height, width, channels], tf.float32, name=IMAGES_INPUT)])
-        return archive
+        return serving.image_archive(model, info["input_shape"], serve_images)
 
     def check_export(self, saved_model, model, probe_dir, info, scratch) -> dict:
         """Both signatures in a fresh process against the Keras model's post-processed outputs:
