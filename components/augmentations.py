@@ -245,19 +245,25 @@ def apply_plan(record: dict, plan: Plan) -> dict:
 
     if "mask" in record:
         out["mask"] = _geometric(np.asarray(record["mask"]), _SPATIAL_AXES["mask"], plan)
-    if "boxes" in record:
-        boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
-        labels = np.asarray(record.get("box_labels", np.zeros(len(boxes))), np.int64).reshape(-1)
-        if plan.horizontal_flip:
-            boxes = flip_boxes_horizontal(boxes)
-        if plan.vertical_flip:
-            boxes = flip_boxes_vertical(boxes)
-        if plan.rotate90:
-            boxes = rotate_boxes90(boxes, plan.rotate90)
-        if plan.crop is not None:
-            boxes, labels = crop_boxes(boxes, labels, height, width, plan.crop, plan.min_visible_fraction)
-        out["boxes"], out["box_labels"] = boxes, labels
+    # Ordinary boxes and crowd regions (COCO iscrowd) move alike.
+    for box_key, label_key in (("boxes", "box_labels"), ("crowd_boxes", "crowd_labels")):
+        if box_key in record:
+            out[box_key], out[label_key] = _move_boxes(record[box_key], record.get(label_key), plan, height, width)
     return out
+
+
+def _move_boxes(boxes, labels, plan: Plan, height: int, width: int):
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    labels = np.asarray(labels if labels is not None else np.zeros(len(boxes)), np.int64).reshape(-1)
+    if plan.horizontal_flip:
+        boxes = flip_boxes_horizontal(boxes)
+    if plan.vertical_flip:
+        boxes = flip_boxes_vertical(boxes)
+    if plan.rotate90:
+        boxes = rotate_boxes90(boxes, plan.rotate90)
+    if plan.crop is not None:
+        boxes, labels = crop_boxes(boxes, labels, height, width, plan.crop, plan.min_visible_fraction)
+    return boxes, labels
 
 
 def augment_record(record: dict, cfg, seed: int) -> dict:

@@ -241,3 +241,16 @@ def test_sampled_crops_follow_scale_and_ratio():
         assert 0.6 <= width / height <= 1.5
     # a ratio the image cannot hold at that area falls back to the largest centred window
     assert sample_crop(10, 40, (1.0, 1.0), (1.0, 1.0), rng) == (0, 15, 10, 10)
+
+
+def test_crowd_regions_move_with_the_pixels_like_boxes():
+    from components.augmentations import Plan, apply_plan
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    box = np.array([[0.0, 0.25, 0.5, 0.75]], np.float32)
+    record = {"id": "c", "image": image, "boxes": box, "box_labels": np.array([1]),
+              "crowd_boxes": box.copy(), "crowd_labels": np.array([2])}
+    out = apply_plan(record, Plan(horizontal_flip=True))
+    np.testing.assert_allclose(out["boxes"], [[0.5, 0.25, 1.0, 0.75]])
+    np.testing.assert_allclose(out["crowd_boxes"], out["boxes"])
+    assert out["crowd_labels"].tolist() == [2]
