@@ -16,20 +16,23 @@ import numpy as np
 from components.tasks.base import PREDICTIONS_FILE, Evaluation, ExportMismatch, TaskAdapter
 
 
-def read_split(examples_dir: str | Path, split: str) -> dict:
-    """{"id", "source", "encoded" (image bytes as stored), "label"} lists of one split."""
+def read_split(examples_dir: str | Path, split: str, *, video: bool = False) -> dict:
+    """{"id", "source", "encoded", "label"} lists of one split: "encoded" holds the image bytes as
+    stored, or with `video=True` the list of frame bytes of each clip."""
     import tensorflow as tf
 
     from components import examples as ex
 
+    pixels_key, label_key = (ex.VIDEO, ex.VIDEO_LABEL) if video else (ex.IMAGE, ex.LABEL)
     rows = {"id": [], "source": [], "encoded": [], "label": []}
     for path in ex.shard_files(examples_dir, split):
         for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
             feature = tf.train.Example.FromString(serialized).features.feature
             rows["id"].append(feature[ex.ID].bytes_list.value[0].decode())
             rows["source"].append(feature[ex.SOURCE].bytes_list.value[0].decode() if ex.SOURCE in feature else "")
-            rows["encoded"].append(feature[ex.IMAGE].bytes_list.value[0])
-            labels = feature[ex.LABEL].int64_list.value if ex.LABEL in feature else []
+            values = feature[pixels_key].bytes_list.value
+            rows["encoded"].append(list(values) if video else values[0])
+            labels = feature[label_key].int64_list.value if label_key in feature else []
             rows["label"].append(int(labels[0]) if labels else -1)
     return rows
 

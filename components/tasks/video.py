@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from components.tasks.base import PREDICTIONS_FILE, Evaluation, ExportMismatch
-from components.tasks.classification import ClassificationTask, check_labels, softmax_batches, write_predictions
+from components.tasks.classification import (ClassificationTask, check_labels, read_split, softmax_batches,
+                                              write_predictions)
 
 BYTES_SIGNATURE = "serving_default"
 CLIPS_SIGNATURE = "serving_clips"
@@ -63,20 +64,7 @@ def clip_probabilities(model, clips: Sequence[np.ndarray], num_frames: int, stri
 
 def read_clips(examples_dir: str | Path, split: str) -> dict:
     """{"id", "source", "encoded" (list of frame bytes per clip), "label"} lists of one split."""
-    import tensorflow as tf
-
-    from components import examples as ex
-
-    rows = {"id": [], "source": [], "encoded": [], "label": []}
-    for path in ex.shard_files(examples_dir, split):
-        for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
-            feature = tf.train.Example.FromString(serialized).features.feature
-            rows["id"].append(feature[ex.ID].bytes_list.value[0].decode())
-            rows["source"].append(feature[ex.SOURCE].bytes_list.value[0].decode() if ex.SOURCE in feature else "")
-            rows["encoded"].append(list(feature[ex.VIDEO].bytes_list.value))
-            labels = feature[ex.VIDEO_LABEL].int64_list.value if ex.VIDEO_LABEL in feature else []
-            rows["label"].append(int(labels[0]) if labels else -1)
-    return rows
+    return read_split(examples_dir, split, video=True)
 
 
 def decode_clips(encoded: Sequence[Sequence[bytes]], image_size: Sequence[int]) -> list[np.ndarray]:
