@@ -44,21 +44,7 @@ def segmentation_example_losses(mask, logits, pixel_loss: Optional[PixelCrossent
     """[B]: each example's mean per-pixel loss over its valid pixels (class-weighted if the pixel
     loss has class weights); 0 for an example whose every pixel is ignored."""
     pixel_loss = pixel_loss or PixelCrossentropy(ignore_value=ignore_value)
-    logits = ops.cast(logits, "float32")
-    labels = ops.cast(mask, "int32")
-    if len(labels.shape) == len(logits.shape):
-        labels = ops.squeeze(labels, axis=-1)
-    ignore = pixel_loss.ignore_value
-    valid = ops.ones_like(labels, dtype="bool") if ignore is None else labels != ignore
-    safe = ops.where(valid, labels, ops.zeros_like(labels))
-    if pixel_loss.from_logits:
-        log_probs = ops.log_softmax(logits, axis=-1)
-    else:
-        log_probs = ops.log(ops.clip(logits, keras.config.epsilon(), 1.0))
-    losses = pixel_loss.pixel_losses(safe, log_probs)
-    weights = ops.cast(valid, "float32")
-    if pixel_loss.class_weights is not None:
-        weights = weights * ops.take(ops.convert_to_tensor(pixel_loss.class_weights, "float32"), safe)
+    losses, weights = pixel_loss.weighted_pixel_losses(mask, logits)
     return ops.divide_no_nan(ops.sum(losses * weights, axis=(1, 2)), ops.sum(weights, axis=(1, 2)))
 
 

@@ -49,7 +49,9 @@ class PixelCrossentropy(keras.losses.Loss):
         """Unweighted loss per pixel [b, H, W] from valid labels [b, H, W] and log-probabilities."""
         return -_true_class_log_prob(labels, log_probs)
 
-    def call(self, y_true, y_pred):
+    def weighted_pixel_losses(self, y_true, y_pred):
+        """(losses, weights), both [b, H, W]: each pixel's loss and its weight (0 for ignored pixels,
+        the class weight otherwise); the one place that masks, weights and takes log-probabilities."""
         y_pred = ops.cast(y_pred, "float32")
         num_classes = y_pred.shape[-1]
         labels = ops.cast(y_true, "int32")
@@ -68,6 +70,10 @@ class PixelCrossentropy(keras.losses.Loss):
                 raise ValueError(f"class_weights: expected {num_classes} weights, one per class, "
                                  f"got {len(self.class_weights)}")
             weights = weights * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe_labels)
+        return losses, weights
+
+    def call(self, y_true, y_pred):
+        losses, weights = self.weighted_pixel_losses(y_true, y_pred)
         per_example = ops.sum(losses * weights, axis=(1, 2))
         mean_weight = ops.mean(ops.sum(weights, axis=(1, 2)))
         return ops.divide_no_nan(per_example, mean_weight)
