@@ -198,6 +198,15 @@ class EarlyStopping(Strict):
     patience: PositiveInt = 3
 
 
+class Divergence(Strict):
+    """Fail training whose loss climbs far above where it started (a learning rate far too high)
+    instead of finishing every epoch with a broken model. A NaN or infinite loss always fails."""
+    factor: Optional[Annotated[float, Field(gt=1.0)]] = Field(
+        4.0, description="Fail when the mean loss of the last `window` steps exceeds this times the first step's "
+                         "loss; null: only a NaN or infinite loss fails.")
+    window: PositiveInt = Field(10, description="Steps averaged before comparing with the first step's loss.")
+
+
 class ClusterSection(Strict):
     """Multi-worker training: how long the workers wait for each other before failing instead of hanging."""
     heartbeat_timeout_s: PositiveInt = Field(
@@ -243,6 +252,7 @@ class TrainSection(Strict):
     shuffle_buffer: PositiveInt = 1024
     save_freq_steps: Optional[PositiveInt] = Field(None, description="Also back up every N steps (preemption).")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    divergence: Divergence = Field(default_factory=Divergence)
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     num_sample_images: NonNegativeInt = 16
     multitask: MultitaskSection = Field(default_factory=MultitaskSection)

@@ -294,7 +294,9 @@ class Runner:
                         outcome = self._run_stage(store, run_id, stage, available, force)
                         result.outcomes.append(outcome)
                         if outcome.state == md.FAILED:
-                            result.state, result.error = md.FAILED, f"{stage.name}: {outcome.error}"
+                            error = outcome.error or ""
+                            result.state = md.FAILED
+                            result.error = error if error.startswith(f"{stage.name}:") else f"{stage.name}: {error}"
                             break
                     else:
                         result.state = md.COMPLETE

@@ -75,6 +75,11 @@ class TrainingHooks:
         """Called before every training step: `epoch` 1-based, `global_step` the steps done so far
         (0-based, continuing across epochs and resumes)."""
 
+    def loss_phase(self) -> str:
+        """Names what the step losses now measure: losses of different phases (a multitask schedule
+        training one head, then another) are not compared when checking for divergence."""
+        return ""
+
     def end_of_epoch(self, epoch: int) -> dict:
         """Extra entries for the epoch's row, after its train and eval sums: they land in
         history.json and TensorBoard (names starting "val_" under eval/, the others under train/)."""

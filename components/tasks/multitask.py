@@ -144,6 +144,10 @@ class MultitaskHooks(TrainingHooks):
             self.loss.loss.set_active(active)
             self.active = active
 
+    def loss_phase(self) -> str:
+        """The heads trained in this step: a head's loss is only compared with its own."""
+        return "+".join(head for head, on in zip(self.model.heads, self.active) if on)
+
     def end_of_epoch(self, epoch: int) -> dict:
         weighting = self.model.task_weighting
         row = {f"task_weight_{head}": value for head, value in weighting.task_weights().items()}

@@ -43,6 +43,8 @@ class Progress:
         self.stopped_early = False
         self.resumes: list[dict] = []
         self.seconds = 0.0
+        self.loss_references: dict[str, float] = {}
+        """The first step's loss per loss phase (divergence.DivergenceGuard)."""
 
     # -- checkpoint round trip --------------------------------------------------------------------
     def to_json(self) -> str:
@@ -52,7 +54,7 @@ class Progress:
             "best_epoch": self.best_epoch, "best_value": self.best_value, "best_weights": self.best_weights,
             "best_loss": self.best_loss,
             "wait": self.wait, "stopped_early": self.stopped_early, "resumes": self.resumes,
-            "seconds": self.seconds,
+            "seconds": self.seconds, "loss_references": self.loss_references,
         })
 
     def sync(self) -> None:

@@ -6,27 +6,21 @@ through `fit` below. Per step each replica computes the mean loss of its share o
 batch, weighted by its share of the examples (so an uneven last batch, or a replica with no
 examples, still averages correctly); the optimizer sums gradients over replicas.
 
-The loop checks the loss after every step (a NaN names its epoch and step and leaves the backups
-alone), backs up at the end of every epoch and every `save_freq_steps` steps, keeps the weights
+The loop checks the loss after every step (a NaN, or a loss far above where it started, names
+its epoch and step and leaves the backups alone: divergence.py), backs up at the end of every epoch and every `save_freq_steps` steps, keeps the weights
 of the best epoch by the monitored eval metric, and stops early when asked.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from components.training.backups import Backups, BestWeights
+from components.training.divergence import DivergenceGuard, LossDiverged, NonFiniteLoss  # noqa: F401 (re-exported)
 from components.training.history import Progress, lower_is_better
 from components.training.tensorboard import TrainingLogs
-
-
-class NonFiniteLoss(ArithmeticError):
-    def __init__(self, epoch: int, step: int, global_step: int, value: float):
-        self.epoch, self.step, self.global_step, self.value = epoch, step, global_step, value
-        super().__init__(f"loss became {value} at epoch {epoch}, step {step} (global step {global_step})")
 
 
 def _first(structure):
@@ -131,6 +125,10 @@ class Plan:
     save_freq_steps: Optional[int] = None
     early_stopping_monitor: Optional[str] = None
     early_stopping_patience: int = 3
+    divergence_factor: Optional[float] = 4.0
+    """Fail when the mean loss of the last `divergence_window` steps exceeds this times the first
+    step's (None: only a non-finite loss fails)."""
+    divergence_window: int = 10
 
 
 def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Optional[Callable[[], object]],
@@ -142,6 +140,7 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
     (preemption.PreemptionBackups) hears of every step and may save a backup and raise Preempted.
     `hooks` (components/tasks/base.TrainingHooks) hears of every step before it runs and adds its
     entries to every epoch's row."""
+    guard = DivergenceGuard(plan.divergence_factor, plan.divergence_window, progress.loss_references)
     for epoch in range(progress.epochs_done + 1, plan.epochs + 1):
         if progress.stopped_early:
             break
@@ -158,8 +157,7 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
             step += 1
             progress.global_step += 1
             loss = sums["loss"] / sums["count"] if sums["count"] else 0.0
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(epoch, step, progress.global_step, loss)
+            guard.check(loss, epoch, step, progress.global_step, hooks.loss_phase() if hooks is not None else "")
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
             if plan.save_freq_steps and progress.global_step % plan.save_freq_steps == 0:

@@ -68,8 +68,8 @@ def flat_hparams(params: dict) -> dict:
 
 
 def train_trial(spec: TrialSpec, log: logging.Logger) -> dict:
-    """Train (or resume) one trial; returns the contents of trial.json. Raises loop.NonFiniteLoss,
-    backups.BackupError and strategy.DeviceSetupError for the caller to phrase."""
+    """Train (or resume) one trial; returns the contents of trial.json. Raises divergence.NonFiniteLoss
+    and LossDiverged, backups.BackupError and strategy.DeviceSetupError for the caller to phrase."""
     from pipeline.config import parse_config
     from components.training.strategy import make_strategy, precision_policy, use_jit
 
@@ -170,7 +170,8 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
 
     plan = Plan(epochs=epochs, monitor=monitor, save_freq_steps=train.save_freq_steps,
                 early_stopping_monitor=train.early_stopping.monitor if train.early_stopping.enabled else None,
-                early_stopping_patience=train.early_stopping.patience)
+                early_stopping_patience=train.early_stopping.patience,
+                divergence_factor=train.divergence.factor, divergence_window=train.divergence.window)
     steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit, task=task)
     hooks = task.training_hooks(model, loss, train, eval_data if has_eval else None)
     preemption = None

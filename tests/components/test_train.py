@@ -197,6 +197,26 @@ def test_nan_loss_fails_naming_epoch_and_step_and_keeps_the_backups(tmp_path):
     assert len(backups) == min(2, (epoch - 1) * 6 + step - 1)
 
 
+def test_a_learning_rate_far_too_high_fails_as_divergence_when_the_loss_stays_finite(tmp_path):
+    """Adam at lr=1e6 with ReLU, batch norm and the clipped cross-entropy: no NaN, the ReLUs die and
+    the loss sits near -log(epsilon) for the examples it gets wrong. The guard fails the run after
+    its first full window instead of letting it finish with a broken model."""
+    examples_dir = fx.write_examples(tmp_path / "examples")
+    config = fx.tiny_config(tmp_path, save_freq_steps=1)
+    config.train.optimizer.learning_rate = 1e6
+    with pytest.raises(StageError, match=r"loss diverged at epoch (\d+), step (\d+) \(global step (\d+)\): its mean "
+                                         r"over the last 10 steps, [\d.]+, is more than 4x") as error:
+        run_train(tmp_path, config, examples_dir)
+    global_step = int(re.search(r"global step (\d+)", str(error.value)).group(1))
+    assert global_step >= 10
+    assert not (tmp_path / "train-1" / "model" / "model.keras").exists()
+    assert len(list((tmp_path / "work-train" / "backups").glob("ckpt-*.index"))) == 2
+
+    config.train.divergence.factor = None  # the same run without the ratio test finishes (with nothing learnt)
+    ctx = run_train(tmp_path, config, examples_dir, execution_id=2, work_dir=tmp_path / "work-train-2")
+    assert (ctx.outputs["model"] / "model.keras").exists()
+
+
 def test_backup_falls_back_to_the_older_one_when_the_newest_is_truncated(tmp_path):
     import logging
 
