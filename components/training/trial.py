@@ -58,13 +58,23 @@ def trial_params(config, batch_size: int, steps_per_epoch: int, placement, polic
 
 
 def flat_hparams(params: dict) -> dict:
+    """The HParams dashboard's columns: the usual training knobs, plus every scalar of
+    `model.params` and `train.loss_params`, and the multitask scheme, since a sweep over any of them
+    (video's `model.params.fusion`, a focal `gamma`) must show as a column to compare trials by."""
     train = params["train"]
-    return {
+    flat = {
         "model": params["model"]["name"], "loss": train["loss"], "optimizer": train["optimizer"]["name"],
         "learning_rate": train["optimizer"]["learning_rate"], "schedule": train["optimizer"]["schedule"],
         "batch_size": params["effective_batch_size"], "seed": train["seed"], "epochs": train["epochs"],
         "strategy": params["strategy"], "num_replicas": params["num_replicas"], "precision": params["precision"],
     }
+    scalar = (bool, int, float, str)
+    flat.update({f"model.{k}": v for k, v in params["model"]["params"].items() if isinstance(v, scalar)})
+    flat.update({f"loss.{k}": v for k, v in train["loss_params"].items() if isinstance(v, scalar)})
+    multitask = train["multitask"]
+    if multitask["name"] or multitask["heads"]:
+        flat.update({f"multitask.{k}": multitask[k] for k in ("name", "schedule", "weighting")})
+    return flat
 
 
 def train_trial(spec: TrialSpec, log: logging.Logger) -> dict:

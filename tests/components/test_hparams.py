@@ -152,3 +152,16 @@ def test_tensorboard_serves_the_experiment_and_one_session_group_per_trial(sweep
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_a_swept_model_param_and_loss_param_become_columns():
+    from components.training.trial import flat_hparams
+    from pipeline.config import load_config
+
+    config = load_config(None, ['model.params={"fusion": "slow", "frames": 4, "blocks": [{"filters": 8}]}',
+                                "train.loss=focal", 'train.loss_params={"gamma": 1.5}'])
+    params = {"model": config.model.model_dump(mode="json"), "train": config.train.model_dump(mode="json"),
+              "effective_batch_size": 32, "strategy": "default", "num_replicas": 1, "precision": "float32"}
+    flat = flat_hparams(params)
+    assert (flat["model.fusion"], flat["model.frames"], flat["loss.gamma"], flat["loss"]) == ("slow", 4, 1.5, "focal")
+    assert "model.blocks" not in flat and not any(k.startswith("multitask.") for k in flat)
