@@ -1,11 +1,8 @@
-"""What a detection report shows: images with boxes, precision-recall curves, the COCO tables.
+"""What a detection report shows: precision-recall curves, the COCO tables, images with boxes.
 
-The detection adapter (components/tasks/detection.py) builds its report sections and its
-TensorBoard sample grid from these; plots are PNG bytes (matplotlib, Agg) for
-components/report.py's `image_html`.
-
-Drawing conventions: a predicted box is a solid line in its class's colour, labelled
-"class score"; a true box is dashed white; a crowd region is dotted grey. Boxes are rel_xyxy.
+The detection adapter (components/tasks/detection.py) builds its report sections from these;
+plots are PNG bytes (matplotlib, Agg) for components/report.py's `image_html`. The images with
+boxes (here and in TensorBoard) come from components/sample_grids.py's `boxes_grid_png`.
 """
 from __future__ import annotations
 
@@ -31,52 +28,6 @@ def _value(v) -> object:
 
 def _colour(index: int):
     return _pyplot().get_cmap("tab10")(index % 10)
-
-
-def boxes_grid_png(images: np.ndarray, truths: Sequence[dict], detections: Sequence[dict],
-                   class_names: Sequence[str], min_score: float = 0.3, columns: int = 4) -> Optional[bytes]:
-    """A grid of images with their true boxes and the detections scoring at least `min_score`.
-
-    truths[i]: {"boxes" [G, 4], "labels" [G], "crowd" [G] bool (optional)};
-    detections[i]: {"boxes" [D, 4], "scores" [D], "classes" [D]} (valid rows only).
-    """
-    count = len(images)
-    if not count:
-        return None
-    plt = _pyplot()
-    from matplotlib.patches import Rectangle
-
-    columns = max(1, min(columns, count))
-    rows = -(-count // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index >= count:
-            continue
-        image = np.clip(np.asarray(images[index], np.float32), 0.0, 1.0)
-        height, width = image.shape[:2]
-        gray = image.shape[-1] == 1
-        axis.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=1)
-        truth = truths[index]
-        crowd = np.asarray(truth.get("crowd", np.zeros(len(truth["labels"]), bool)), bool)
-        for box, is_crowd in zip(np.asarray(truth["boxes"]).reshape(-1, 4), crowd):
-            x0, y0, x1, y1 = box * [width, height, width, height]
-            axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, linewidth=1.2,
-                                     edgecolor="0.6" if is_crowd else "white", linestyle=":" if is_crowd else "--"))
-        found = detections[index]
-        shown = 0
-        for box, score, label in zip(np.asarray(found["boxes"]).reshape(-1, 4), found["scores"], found["classes"]):
-            if score < min_score:
-                continue
-            shown += 1
-            x0, y0, x1, y1 = box * [width, height, width, height]
-            colour = _colour(int(label))
-            axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, linewidth=1.5, edgecolor=colour))
-            axis.text(x0 - 0.5, y0 - 1, f"{class_names[int(label)]} {float(score):.2f}", fontsize=6, color="black",
-                      va="bottom", bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0})
-        axis.set_title(f"{shown} found, {int((~crowd).sum())} true", fontsize=8)
-    figure.suptitle(f"solid: detections scoring >= {min_score:g}; dashed: true boxes; dotted: crowd", fontsize=8)
-    return _png(figure)
 
 
 def precision_recall_png(curves: Mapping[str, np.ndarray], recall_thresholds: np.ndarray,

@@ -1,12 +1,13 @@
-"""Pictures of class-id masks: colour overlays on the image, and the image / truth / prediction grid.
+"""Pictures of class-id masks: colour overlays on the image, and the report's colour legend.
 
-Used by the segmentation task for TensorBoard's sample predictions and for report.html. Class 0
+components/sample_grids.py draws the image / truth / prediction grids (TensorBoard's sample
+predictions and report.html's) from these overlays, and colours boxes by the same classes. Class 0
 (the background) is left uncoloured so the image shows through; every other class gets a fixed
 colour, the same in every picture; ignored pixels (e.g. 255) are drawn white.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -60,27 +61,3 @@ def legend_html(class_names: Sequence[str]) -> str:
         items.append(f'<span style="display:inline-block;width:1em;height:1em;border:1px solid #999;'
                      f'background:{colour};margin:0 4px 0 12px"></span>{html.escape(name)}')
     return "<p>" + "".join(items) + " (background not coloured; ignored pixels white)</p>"
-
-
-def overlay_grid_png(images: Sequence[np.ndarray], true_masks: Sequence[np.ndarray],
-                     predicted_masks: Sequence[np.ndarray], class_names: Sequence[str],
-                     titles: Optional[Sequence[str]] = None) -> bytes:
-    """One row per example: the image, the true mask over it, the predicted mask over it."""
-    from components.report import _png, _pyplot
-
-    plt = _pyplot()
-    rows = max(1, len(images))
-    figure, axes = plt.subplots(rows, 3, figsize=(6.0, 2.1 * rows), squeeze=False)
-    for row in range(rows):
-        for axis in axes[row]:
-            axis.axis("off")
-        if row >= len(images):
-            continue
-        num_classes = len(class_names)
-        axes[row][0].imshow(as_rgb(images[row]))
-        axes[row][1].imshow(overlay(images[row], true_masks[row], num_classes))
-        axes[row][2].imshow(overlay(images[row], predicted_masks[row], num_classes))
-        axes[row][0].set_title(titles[row] if titles else "image", fontsize=8)
-        axes[row][1].set_title("true mask", fontsize=8)
-        axes[row][2].set_title("predicted mask", fontsize=8)
-    return _png(figure)

@@ -1,4 +1,5 @@
-"""A self-contained `report.html`: plots embedded as PNG data URIs (matplotlib, Agg), tables in plain HTML.
+"""A self-contained `report.html`: plots embedded as PNG data URIs (matplotlib, Agg; sample grids from
+components/sample_grids.py), tables in plain HTML.
 
 One file that opens anywhere, mailed or archived, with nothing to fetch: the training curves, the
 confusion matrix, the metric table, the blessing and a grid of sample predictions.
@@ -11,6 +12,8 @@ import io
 from typing import Optional, Sequence
 
 import numpy as np
+
+from components.sample_grids import classification_grid_png
 
 
 def _pyplot():
@@ -68,27 +71,6 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], class_names: Sequence[
     return _png(figure)
 
 
-def prediction_grid_png(images: np.ndarray, true: Sequence[int], predicted: Sequence[int],
-                        probabilities: Sequence[float], class_names: Sequence[str], columns: int = 4) -> bytes:
-    """A grid of images titled 'predicted (p) / true: ...', green when right and red when wrong."""
-    plt = _pyplot()
-    count = len(images)
-    columns = max(1, min(columns, count))
-    rows = max(1, -(-count // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.2 * rows), squeeze=False)
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index >= count:
-            continue
-        image = np.clip(np.asarray(images[index], np.float32), 0.0, 1.0)
-        gray = image.shape[-1] == 1
-        axis.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=1)
-        right = int(predicted[index]) == int(true[index])
-        axis.set_title(f"{class_names[int(predicted[index])]} ({float(probabilities[index]):.2f})\n"
-                       f"true: {class_names[int(true[index])]}", fontsize=8, color="green" if right else "red")
-    return _png(figure)
-
-
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -140,7 +122,7 @@ def classification_sections(metrics: dict, samples: Optional[dict] = None,
     ]
     if samples and len(samples.get("images", [])):
         images = samples["images"] if sample_images is None else sample_images
-        sections.append(("Sample predictions", _image(prediction_grid_png(
+        sections.append(("Sample predictions", _image(classification_grid_png(
             images, samples["true"], samples["predicted"], samples["probability"], class_names), "sample predictions")))
     return sections
 

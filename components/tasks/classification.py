@@ -94,11 +94,11 @@ class ClassificationTask(TaskAdapter):
         return inputs
 
     def sample_grid_png(self, model, inputs, targets, class_names):
-        from components.report import prediction_grid_png
+        from components.sample_grids import classification_grid_png
 
         probabilities = softmax_batches(model, np.asarray(inputs))
-        return prediction_grid_png(self.display_images(np.asarray(inputs)), np.asarray(targets).argmax(-1),
-                                   probabilities.argmax(-1), probabilities.max(-1), class_names)
+        return classification_grid_png(self.display_images(np.asarray(inputs)), np.asarray(targets).argmax(-1),
+                                       probabilities.argmax(-1), probabilities.max(-1), class_names)
 
     # evaluation ----------------------------------------------------------------------------------
     def known_metrics(self, evaluate_section) -> list:

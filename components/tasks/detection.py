@@ -201,7 +201,7 @@ class DetectionTask(TaskAdapter):
         return keras_replica_loss(model, loss, x, {"boxes": y["boxes"], "labels": y["labels"]}, training, num_replicas)
 
     def sample_grid_png(self, model, inputs, targets, class_names):
-        from components.detection_report import boxes_grid_png
+        from components.sample_grids import boxes_grid_png
 
         images = np.asarray(inputs, np.float32)
         found = per_image(detect_batches(model, images, EVAL_MAX_DETECTIONS))
@@ -230,7 +230,8 @@ class DetectionTask(TaskAdapter):
         return decode_images(encoded, schema["image_size"])
 
     def evaluate(self, model, test, schema, evaluate_section, out_dir) -> Evaluation:
-        from components.detection_report import boxes_grid_png, detection_sections, pr_curves
+        from components.detection_report import detection_sections, pr_curves
+        from components.sample_grids import boxes_grid_png
 
         class_names = schema["class_names"]
         images = self.decode_inputs(test["encoded"], schema)

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from components.sample_grids import multitask_grid_png
 from components.tasks import multitask_report as report
 from components.tasks import multitask_scores as scores
 from components.tasks.base import PREDICTIONS_FILE, Evaluation, ExportMismatch, TaskAdapter, TrainingHooks
@@ -232,7 +233,7 @@ class MultitaskTask(TaskAdapter):
             one_hot = np.asarray(targets["class"])
             labels = np.where(one_hot.any(-1), one_hot.argmax(-1), -1)
         outputs = scores.predict(model, np.asarray(inputs), class_names)
-        return report.sample_grid_png(np.asarray(inputs), outputs, class_names, labels)
+        return multitask_grid_png(np.asarray(inputs), outputs, class_names, labels)
 
     # evaluation ----------------------------------------------------------------------------------
     def known_metrics(self, evaluate_section) -> list:
@@ -266,7 +267,7 @@ class MultitaskTask(TaskAdapter):
         sections += report.per_class_tables(details)
         if count:
             sample = {key: value[:count] for key, value in outputs.items()}
-            sections.append(("Sample predictions", report.image_html(report.sample_grid_png(
+            sections.append(("Sample predictions", report.image_html(multitask_grid_png(
                 images[:count], sample, class_names, targets["label"][:count]), "sample predictions")))
         summary = f"multitask: test split ({len(images)} examples): " + ", ".join(
             f"{scores.headline(h)} {metrics[scores.headline(h)]:.4f}" for h in model.heads

@@ -13,8 +13,6 @@ import html
 import math
 from typing import Mapping, Optional, Sequence
 
-import numpy as np
-
 from components.report import _png, _pyplot, image_html, table_html
 from components.tasks.multitask_scores import HEADLINE, headline
 
@@ -108,51 +106,6 @@ def forgetting_html(rows: Sequence[Mapping], schedule: str) -> str:
                                          r["final"], r["forgetting"]) for r in rows])
     return (f"<p>Forgetting on the eval split ({html.escape(schedule)} schedule): {html.escape(note)}; "
             f"positive means the task got worse after that point.</p>" + table)
-
-
-def sample_grid_png(images: np.ndarray, outputs: Mapping, class_names: Sequence[str],
-                    labels: Optional[Sequence[int]] = None, columns: int = 4, min_score: float = 0.5) -> bytes:
-    """Each image with the predicted mask laid over it, the boxes scoring >= `min_score` and the
-    predicted class (and the true one) in the title."""
-    plt = _pyplot()
-    from matplotlib.patches import Rectangle
-
-    count = len(images)
-    columns = max(1, min(columns, count))
-    rows = max(1, -(-count // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
-    height, width = images.shape[1:3] if count else (1, 1)
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index >= count:
-            continue
-        image = np.clip(np.asarray(images[index], np.float32), 0, 1)
-        axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-        if "segmentation_class_id" in outputs:
-            mask = np.ma.masked_equal(outputs["segmentation_class_id"][index], 0)
-            axis.imshow(mask, cmap="tab10", vmin=0, vmax=9, alpha=0.45, interpolation="nearest")
-        if "detection_boxes" in outputs:
-            for k in range(int(outputs["detection_num_detections"][index])):
-                score = float(outputs["detection_scores"][index][k])
-                if score < min_score:
-                    continue
-                x0, y0, x1, y1 = outputs["detection_boxes"][index][k]
-                axis.add_patch(Rectangle((x0 * width - 0.5, y0 * height - 0.5), (x1 - x0) * width, (y1 - y0) * height,
-                                         fill=False, edgecolor="yellow", linewidth=1))
-                name = class_names[int(outputs["detection_classes"][index][k])]
-                axis.text(x0 * width, y0 * height, f"{name} {score:.2f}", color="yellow", fontsize=6, va="bottom")
-        title = []
-        if "classification_probabilities" in outputs:
-            p = outputs["classification_probabilities"][index]
-            title.append(f"{class_names[int(p.argmax())]} ({float(p.max()):.2f})")
-            if labels is not None and int(labels[index]) >= 0:
-                title.append(f"true: {class_names[int(labels[index])]}")
-        if "regression_values" in outputs:
-            title.append(f"count {float(outputs['regression_values'][index][0]):.1f}")
-        right = labels is None or "classification_probabilities" not in outputs or \
-            int(outputs["classification_probabilities"][index].argmax()) == int(labels[index])
-        axis.set_title("\n".join(title), fontsize=7, color="green" if right else "red")
-    return _png(figure)
 
 
 def per_class_tables(details: Mapping) -> list[tuple[str, str]]:

@@ -188,11 +188,11 @@ class SegmentationTask(TaskAdapter):
         return {"pixel_accuracy": tf.reduce_sum(per_example)}
 
     def sample_grid_png(self, model, inputs, targets, class_names):
-        from components.mask_pictures import overlay_grid_png
+        from components.sample_grids import mask_grid_png
 
         inputs = np.asarray(inputs)
         predicted = pixel_probabilities(model, inputs).argmax(-1)
-        return overlay_grid_png(inputs, np.asarray(targets), predicted, class_names)
+        return mask_grid_png(inputs, np.asarray(targets), predicted, class_names)
 
     # evaluation ----------------------------------------------------------------------------------
     def known_metrics(self, evaluate_section) -> list:
@@ -236,8 +236,9 @@ class SegmentationTask(TaskAdapter):
                 }) + "\n")
 
     def report_sections(self, metrics: dict, samples: dict) -> list:
-        from components.mask_pictures import legend_html, overlay_grid_png
+        from components.mask_pictures import legend_html
         from components.report import confusion_matrix_png, image_html, metrics_sections, table_html
+        from components.sample_grids import mask_grid_png
 
         class_names = metrics["class_names"]
         rows = [(name, "n/a" if v["iou"] is None else v["iou"], v["true_pixels"], v["predicted_pixels"])
@@ -248,8 +249,8 @@ class SegmentationTask(TaskAdapter):
                                                   "pixel confusion matrix")),
         ]
         if len(samples.get("images", [])):
-            grid = overlay_grid_png(samples["images"], samples["true"], samples["predicted"], class_names,
-                                    samples.get("titles"))
+            grid = mask_grid_png(samples["images"], samples["true"], samples["predicted"], class_names,
+                                 samples.get("titles"))
             sections.append(("Sample predictions", legend_html(class_names) + image_html(grid, "mask overlays")))
         return sections
 
