@@ -54,7 +54,8 @@ class TrainingLogs:
         image = tf.io.decode_png(png, channels=4)[None]
         with self.eval.as_default(step=epoch):
             tf.summary.image("sample_predictions", image, max_outputs=1,
-                             description="Sample eval images: predicted (probability) / true class")
+                             description="Sample test images after this epoch: the predictions beside the truth "
+                                         "(classes with probabilities, masks or boxes, by task)")
         self.flush()
 
     def graph(self, concrete_function) -> None:
