@@ -33,6 +33,7 @@ class PipelineTrainer:
         from components.training.loop import Plan, StepFunctions
         from components.training.strategy import make_strategy, precision_policy, use_jit
         from components.training.tensorboard import TrainingLogs
+        from components.training.train_input import TrainInput
 
         train = config.train
         self.placement = placement or make_strategy(train.distribution, train.logical_cpu_devices)
@@ -81,14 +82,12 @@ class PipelineTrainer:
                 self.logs.sample_predictions(epoch, png)
 
         self.on_epoch_end = log_samples
+        self.train_input = TrainInput(examples_dir, self.batch_size, train, schema, self.train_size)
 
     def train_data(self, epoch: int):
-        """The reader exactly as the stage builds it for `epoch` (shuffled, seeded by the epoch)."""
-        from components import examples as ex
-
-        train = self.config.train
-        return ex.make_dataset(self.examples_dir, "train", self.batch_size, shuffle=True,
-                               seed=train.seed * 10007 + epoch, shuffle_buffer=train.shuffle_buffer)
+        """The reader exactly as the stage builds it for `epoch` (shuffled, seeded by the epoch;
+        the decoded split cached across epochs when `train.cache` says so)."""
+        return self.train_input(epoch)
 
     def epoch(self) -> dict:
         """One more epoch through `loop.fit` (steps, loss check, backups, best weights, TensorBoard)."""

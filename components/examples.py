@@ -313,28 +313,37 @@ def parse_example(serialized, schema: dict):
     multitask a dict of every target present.
     meta: {"id", "source"} strings, for predictions and reports.
     """
+    inputs, targets, meta = decode_compact(serialized, schema)
+    inputs, targets = expand_compact(inputs, targets, schema)
+    return inputs, targets, meta
+
+
+def decode_compact(serialized, schema: dict):
+    """Serialized Example -> (inputs, targets, meta) as `parse_example` gives them, but with pixels
+    and masks still uint8 and class labels still ids: what the reader caches and batches (a quarter
+    of float32's bytes); `expand_compact` on the batch makes the model's tensors."""
     import tensorflow as tf
 
     task = schema["task"]
     height, width, channels = schema["image_size"]
-    num_classes = len(schema["class_names"])
     parsed = tf.io.parse_single_example(serialized, feature_spec(task))
     meta = {"id": parsed[ID], "source": parsed[SOURCE]}
 
     if task == "video":
         encoded = tf.sparse.to_dense(parsed[VIDEO], default_value="")
-        frames = tf.map_fn(
-            lambda e: decode_image_tensor(e, channels), encoded, fn_output_signature=tf.TensorSpec([None, None, channels], tf.float32))
+        frames = tf.map_fn(lambda e: tf.io.decode_image(e, channels=channels, expand_animations=False), encoded,
+                           fn_output_signature=tf.TensorSpec([None, None, channels], tf.uint8))
         frames = tf.ensure_shape(frames, [schema["num_frames"], height, width, channels])
-        return frames, tf.one_hot(parsed[VIDEO_LABEL], num_classes), meta
+        return frames, parsed[VIDEO_LABEL], meta
 
-    image = tf.ensure_shape(decode_image_tensor(parsed[IMAGE], channels), [height, width, channels])
+    image = tf.io.decode_image(parsed[IMAGE], channels=channels, expand_animations=False)
+    image = tf.ensure_shape(image, [height, width, channels])
     targets = {}
     if task in ("classification", "multitask"):
-        targets["class"] = tf.one_hot(parsed[LABEL], num_classes)
+        targets["class"] = parsed[LABEL]
     if task in ("segmentation", "multitask"):
         mask = tf.io.decode_png(parsed[MASK], channels=1)[..., 0]
-        targets["mask"] = tf.ensure_shape(tf.cast(mask, tf.int32), [height, width])
+        targets["mask"] = tf.ensure_shape(mask, [height, width])
     if task in ("detection", "multitask"):
         columns = [tf.sparse.to_dense(parsed[key]) for key in BOX_KEYS]
         boxes = tf.stack(columns, axis=-1)
@@ -357,6 +366,66 @@ def parse_example(serialized, schema: dict):
     return image, targets, meta
 
 
+def expand_compact(inputs, targets, schema: dict):
+    """`decode_compact`'s (inputs, targets) -> the model's: pixels float32 in [0, 1], class labels
+    one-hot, masks int32. Elementwise, so one example or a batch (one-hot adds the last axis)."""
+    import tensorflow as tf
+
+    task = schema["task"]
+    num_classes = len(schema["class_names"])
+    inputs = tf.image.convert_image_dtype(inputs, tf.float32)
+    if task in ("classification", "video"):
+        return inputs, tf.one_hot(targets, num_classes)
+    if task == "segmentation":
+        return inputs, tf.cast(targets, tf.int32)
+    if task == "multitask":
+        targets = dict(targets)
+        if "class" in targets:
+            targets["class"] = tf.one_hot(targets["class"], num_classes)
+        if "mask" in targets:
+            targets["mask"] = tf.cast(targets["mask"], tf.int32)
+    return inputs, targets
+
+
+def _split_files(examples_dir, split: str) -> list[str]:
+    files = shard_files(examples_dir, split)
+    if not files:
+        raise FileNotFoundError(
+            f"{examples_dir}: no shards for split '{split}' (expected {shard_pattern(examples_dir, split)})")
+    return files
+
+
+def _records(files: list[str], input_context=None, shuffle_seed: Optional[int] = None):
+    """Serialized records of the shards, interleaved in a fixed order (the files' order, or one
+    seeded by `shuffle_seed`): `deterministic=True` keeps the round-robin order while the reads
+    run in parallel."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.interleave(lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+                              cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
+
+
+def decoded_split(examples_dir: str | Path, split: str, *, cache: bool = False, input_context=None):
+    """One split's examples, decoded compact (`decode_compact`: uint8 pixels, label ids, meta),
+    unbatched, in the fixed order of the shards. With `cache=True` the first pass keeps them in
+    memory: build it once and pass it to every epoch's `make_dataset(decoded=...)`, so that the
+    shards are read and decoded once per trial. Every dataset derived from this one object shares
+    its cache (tf.data keeps the cache in the dataset, and its graph rewrites, e.g. a strategy's
+    auto-sharding, look the same cache up); a new `decoded_split` call starts an empty one."""
+    import tensorflow as tf
+
+    schema = read_schema(examples_dir)
+    dataset = _records(_split_files(examples_dir, split), input_context).map(
+        lambda serialized: decode_compact(serialized, schema), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.cache() if cache else dataset
+
+
 def make_dataset(
     examples_dir: str | Path,
     split: str,
@@ -369,32 +438,45 @@ def make_dataset(
     drop_remainder: bool = False,
     with_meta: bool = False,
     input_context=None,
+    decoded=None,
 ):
-    """The tf.data reader: interleaved gzip shards -> parallel parse/decode -> shuffle -> batch -> prefetch.
+    """The tf.data reader: gzip shards interleaved -> parallel parse/decode -> shuffle -> batch -> prefetch.
 
     Yields `(inputs, targets)` batches, or `(inputs, targets, meta)` with `with_meta=True`.
-    `input_context` (from `strategy.distribute_datasets_from_function`) shards by worker.
+    The order is a pure function of the shard files and `seed`: the interleave and the decode keep
+    their input's order (tf.data's `deterministic=True`) and every shuffle is seeded, so a dataset
+    built again after a kill yields the same batches, and `skip(k)` on it yields exactly the ones
+    the killed run had not trained on. The shuffle buffer is capped at the split's size (from
+    schema.json): a larger one only costs memory and start-up. When the buffer holds less than the
+    split, the shard order is shuffled too (seeded), to mix more than the buffer's reach.
+    `decoded`: `decoded_split(examples_dir, split, cache=True)`, built once: the dataset shuffles
+    its in-memory examples instead of reading and decoding the shards again, and yields the same
+    batches as without it whenever the buffer holds the split (the shard order is then fixed).
+    `input_context` (from `strategy.distribute_datasets_from_function`) shards by worker; a
+    `decoded` split must have been built with the same one.
     """
     import tensorflow as tf
 
     schema = read_schema(examples_dir)
-    files = shard_files(examples_dir, split)
-    if not files:
-        raise FileNotFoundError(f"{examples_dir}: no shards for split '{split}' (expected {shard_pattern(examples_dir, split)})")
     autotune = tf.data.AUTOTUNE
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if shuffle:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=min(len(files), 8), num_parallel_calls=autotune, deterministic=not shuffle)
-    if shuffle:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    count = schema.get("split_counts", {}).get(split)
+    buffer = max(1, min(shuffle_buffer, int(count))) if count is not None else shuffle_buffer
+    if decoded is None:
+        shuffle_files = shuffle and (count is None or count > shuffle_buffer)
+        dataset = _records(_split_files(examples_dir, split), input_context, seed if shuffle_files else None)
+    else:
+        dataset = decoded
+    if shuffle:  # serialized records when not decoded yet: the same order, and a lighter buffer
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.map(lambda s: parse_example(s, schema), num_parallel_calls=autotune, deterministic=not shuffle)
-    if not with_meta:
-        dataset = dataset.map(lambda x, y, meta: (x, y))
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(autotune)
+    if decoded is None:
+        dataset = dataset.map(lambda serialized: decode_compact(serialized, schema), num_parallel_calls=autotune,
+                              deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+    def expand(inputs, targets, meta):
+        inputs, targets = expand_compact(inputs, targets, schema)
+        return (inputs, targets, meta) if with_meta else (inputs, targets)
+
+    return dataset.map(expand, num_parallel_calls=autotune, deterministic=True).prefetch(autotune)

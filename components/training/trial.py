@@ -156,9 +156,9 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
         logs.graph(tf.function(lambda x: model(x, training=False)).get_concrete_function(
             tf.TensorSpec([None, *input_shape], tf.float32)))
 
-    def train_data(epoch: int):
-        return ex.make_dataset(spec.examples_dir, "train", batch_size, shuffle=True, seed=train.seed * 10007 + epoch,
-                               shuffle_buffer=train.shuffle_buffer)
+    from components.training.train_input import TrainInput
+    train_data = TrainInput(spec.examples_dir, batch_size, train, schema, train_size)  # train_data(epoch)
+    log.info("%s", train_data.describe())
 
     eval_batch = max(32, min(batch_size, 256))
 

@@ -1,0 +1,95 @@
+"""The train split as the loop reads it: decoded once per trial, reshuffled every epoch.
+
+Augmentation is offline (the augment stage), so the decoded training examples are the same every
+epoch, and decoding them again each epoch is the reader's cost: on 2 cores gzip records come at
+7600 images/s, decoded ones at 2063, a memory cache at ~58 000 (benchmarks/input_headroom).
+When the decoded split fits, `TrainInput` builds it once, cached in memory, and every epoch's
+dataset shuffles that one cache with the epoch's seed; the batches are the ones the uncached
+reader yields for the same seed (components/examples.make_dataset), so the cache changes speed,
+never what is trained on.
+
+`train.cache` chooses: true, false, or "auto", which caches when the decoded split, estimated
+from schema.json (image size, frames, split count), is at most `CACHE_LIMIT_BYTES`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+CACHE_LIMIT_BYTES = 512 * 2 ** 20
+"""The "auto" limit per trial: about 135 000 32x32 RGB examples or 3 500 224x224 ones (uint8 pixels
+and their bookkeeping), the default config's 1 260 train images take 5 MiB. At most it doubles a
+trainer process (650 MB resident for the default CNN, measured on this machine), and four trials
+caching at once (`train.parallel_trials`) stay under 10% of its 23.5 GiB. Larger splits stream:
+epoch after epoch decode costs them time, while memory beyond the limit could cost the run."""
+
+TENSOR_OVERHEAD_BYTES = 192
+"""Memory a cached tensor costs beyond its payload: measured 190 bytes (TF 2.21: the process grew
+by 750-790 bytes per cached classification example of 4 small tensors, beyond the pixels)."""
+
+META_STRING_BYTES = 64
+"""Allowance for each of the example's id and source strings."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch: every epoch a different order, the same on every run."""
+    return seed * 10007 + epoch
+
+
+def cached_bytes(schema: dict, count: int) -> int:
+    """Estimated memory of `count` examples as the reader caches them (`examples.decode_compact`:
+    uint8 pixels and masks, label ids, padded boxes, id and source strings)."""
+    from components.examples import MAX_BOXES
+
+    task = schema["task"]
+    height, width, channels = (int(v) for v in schema["image_size"])
+    frames = int(schema.get("num_frames") or 1) if task == "video" else 1
+    payload, tensors = frames * height * width * channels + 2 * META_STRING_BYTES, 3  # inputs, id, source
+    if task in ("classification", "video", "multitask"):
+        payload, tensors = payload + 8, tensors + 1
+    if task in ("segmentation", "multitask"):
+        payload, tensors = payload + height * width, tensors + 1
+    if task in ("detection", "multitask"):
+        labels = 2 if task == "detection" else 1  # labels, and detection's crowd_labels
+        payload, tensors = payload + MAX_BOXES * (16 + 4 * labels), tensors + 1 + labels
+    return int(count) * (payload + tensors * TENSOR_OVERHEAD_BYTES)
+
+
+def should_cache(setting: Union[bool, str], schema: dict, count: int) -> bool:
+    """`train.cache`: true and false as given; "auto" when `cached_bytes` is within the limit."""
+    if setting == "auto":
+        return cached_bytes(schema, count) <= CACHE_LIMIT_BYTES
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"train.cache: expected true, false or 'auto', got {setting!r}")
+
+
+class TrainInput:
+    """`train_input(epoch)`: the train split's global batches for one epoch, in the order fixed by
+    the shard files and `epoch_seed(train.seed, epoch)`. Built once per trial: its decoded split,
+    when cached, is filled by the first epoch read and shared by every later one."""
+
+    def __init__(self, examples_dir: str | Path, batch_size: int, train, schema: dict, count: int):
+        """`train`: the TrainSection (seed, shuffle_buffer, cache); `count`: examples in the split."""
+        from components import examples as ex
+
+        self.examples_dir, self.batch_size, self.seed, self.shuffle_buffer = examples_dir, batch_size, train.seed, \
+            train.shuffle_buffer
+        self.estimated_bytes = cached_bytes(schema, count)
+        self.cached = should_cache(train.cache, schema, count)
+        self.decoded = ex.decoded_split(examples_dir, "train", cache=True) if self.cached else None
+        self.setting = train.cache
+
+    def describe(self) -> str:
+        size = f"{self.estimated_bytes / 2 ** 20:.1f} MiB decoded"
+        if self.cached:
+            return f"train split cached in memory after its first epoch ({size}; train.cache={self.setting})"
+        return (f"train split read and decoded every epoch ({size}, limit {CACHE_LIMIT_BYTES / 2 ** 20:.0f} MiB; "
+                f"train.cache={self.setting})")
+
+    def __call__(self, epoch: int):
+        from components import examples as ex
+
+        return ex.make_dataset(self.examples_dir, "train", self.batch_size, shuffle=True,
+                               seed=epoch_seed(self.seed, epoch), shuffle_buffer=self.shuffle_buffer,
+                               decoded=self.decoded)
