@@ -116,12 +116,19 @@ class TaskAdapter:
 
         return build_loss(train_section)
 
+    def builder_params(self, model_section, train_section) -> dict:
+        """The keyword arguments `models.build_model(model.name, ...)` receives: `model.params`, as
+        this task resolves them (detection picks `by_stage`, multitask applies `train.multitask`).
+        The one place they are resolved, for training and for `convpipe describe-model` alike."""
+        return dict(model_section.params)
+
     def build_model_and_loss(self, model_section, train_section, input_shape, num_classes: int):
-        """(model, loss), inside the strategy's scope: the model by `model.name`, the loss by
-        `build_loss`. A task whose loss needs the model (multitask) overrides this."""
+        """(model, loss), inside the strategy's scope: the model by `model.name` from `builder_params`,
+        the loss by `build_loss`. A task whose loss needs the model (multitask) overrides this."""
         from components.training.builders import build_network
 
-        return build_network(model_section, input_shape, num_classes), self.build_loss(train_section)
+        section = model_section.model_copy(update={"params": self.builder_params(model_section, train_section)})
+        return build_network(section, input_shape, num_classes), self.build_loss(train_section)
 
     def epochs(self, config) -> int:
         """Epochs the trial runs (default `train.epochs`); the learning-rate schedule spans them."""

@@ -188,12 +188,9 @@ class DetectionTask(TaskAdapter):
     signatures = (BYTES_SIGNATURE, IMAGES_SIGNATURE)
 
     # training ------------------------------------------------------------------------------------
-    def build_model_and_loss(self, model_section, train_section, input_shape, num_classes: int):
-        """The model from `model.params` with `by_stage` resolved (`stage_params`), and the loss."""
-        from components.training.builders import build_network
-
-        section = model_section.model_copy(update={"params": stage_params(model_section.params)})
-        return build_network(section, input_shape, num_classes), self.build_loss(train_section)
+    def builder_params(self, model_section, train_section) -> dict:
+        """`model.params` with `by_stage` resolved (`stage_params`)."""
+        return stage_params(model_section.params)
 
     def replica_loss(self, model, loss, x, y, training, num_replicas):
         """The registered loss on the raw outputs, or the model's `compute_loss`, on boxes and

@@ -177,13 +177,20 @@ class MultitaskTask(TaskAdapter):
     signatures = (BYTES_SIGNATURE, IMAGES_SIGNATURE)
 
     # training ------------------------------------------------------------------------------------
-    def build_model_and_loss(self, model_section, train_section, input_shape, num_classes):
-        from models import build_model
-        from models.multitask_losses import MultitaskLoss
+    def builder_params(self, model_section, train_section) -> dict:
+        """`model.params` with train.multitask's heads, weighting and weights applied
+        (models/multitask_training.builder_params)."""
         from models.multitask_training import builder_params
 
         multitask = train_section.multitask
-        params = builder_params(model_section.params, multitask.heads, multitask.weighting, multitask.weights)
+        return builder_params(model_section.params, multitask.heads, multitask.weighting, multitask.weights)
+
+    def build_model_and_loss(self, model_section, train_section, input_shape, num_classes):
+        from models import build_model
+        from models.multitask_losses import MultitaskLoss
+
+        multitask = train_section.multitask
+        params = self.builder_params(model_section, train_section)
         model = build_model(model_section.name, tuple(input_shape), num_classes, **params)
         if not hasattr(model, "head_config") or not hasattr(model, "task_weighting"):
             raise ValueError(f"model.name: the multitask task expects the 'multitask' builder (a model with named "
