@@ -332,9 +332,15 @@ def cmd_describe_model(args) -> int:
     config = load(args)
     shape, num_classes = model_input(config, args.input_shape, args.num_classes)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from components.tasks import get_task
     from models.describe import describe_model, format_table
 
-    rows = describe_model(config.model.name, shape, num_classes, config.model.params)
+    try:
+        # the parameters the trial's builder receives, resolved by the task as training resolves them
+        params = get_task(config.ingest.task).builder_params(config.model, config.train)
+        rows = describe_model(config.model.name, shape, num_classes, params)
+    except ValueError as exc:   # the checks of model.params, or a layer with no formula
+        raise ConfigError(f"describe-model: {exc}") from None
     if args.json:
         _print_json(rows)
     else:

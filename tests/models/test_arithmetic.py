@@ -1,5 +1,6 @@
 """Conv arithmetic against hand-computed cases and against what TensorFlow's conv and pooling ops produce."""
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -100,3 +101,30 @@ def test_matches_tensorflow_ops_for_kernels_strides_dilations_and_padding():
         assert list(y.shape[1:3]) == expected
         assert np.all(np.array(A.apply_window(A.Geometry.of_input((11, 11)), kernel, stride, pads).geometry.size)
                       == np.array(expected))
+
+
+def test_transposed_convolution_sizes_and_crops_by_hand():
+    # Keras: 'valid' I * S + max(F - S, 0); 'same' I * S; with output_padding (I - 1) * S + F - 2 * pad + op
+    assert A.transposed_output_size(4, 3, 2, "valid") == 9 and A.transposed_output_size(4, 1, 3, "valid") == 12
+    assert A.transposed_output_size(4, 4, 2, "same") == 8
+    assert A.transposed_output_size(4, 3, 2, "same", output_padding=1) == 8     # 3 * 2 + 3 - 2 + 1
+    assert A.transposed_pads(4, 8, 4, 2, "same") == (1, 1)                      # (4 - 1) * 2 + 4 - 8 = 2, split
+    assert A.transposed_pads(4, 8, 3, 2, "same") == (0, 1)
+    assert A.transposed_pads(4, 12, 1, 3, "valid") == (0, -2)                   # two zero rows added at the end
+
+
+def test_reads_after_upsampling_by_hand():
+    g = A.apply_window(A.Geometry.of_input((16,)), 2, 2).geometry      # cell o reads [2o, 2o + 1]
+    up = A.apply_upsampling(g, 2)
+    assert [up.reads[0].at(o) for o in range(4)] == [(0, 1), (0, 1), (2, 3), (2, 3)]
+    assert up.receptive_field == (2,) and up.jump == (1,)
+    nails = A.apply_upsampling(g, 2, position=1)
+    assert [nails.reads[0].at(o) for o in range(4)] == [None, (0, 1), None, (2, 3)]
+    # a 4-wide kernel, stride 2, crop 1: output o reads input cells (o + 1 - k) / 2 that are whole
+    t = A.apply_transposed(A.Geometry.of_input((8,)), 4, 2, "same")
+    assert t.geometry.size == (16,) and t.pads == ((1, 1),)
+    assert [t.geometry.reads[0].at(o) for o in range(3)] == [(-1, 0), (0, 1), (0, 1)]
+    assert t.geometry.receptive_field == (2,) and t.geometry.jump == (Fraction(1, 2),)
+    # resizing 2 -> 3 bilinear samples at x = -1/6, 1/2, 7/6: each falls between two cells
+    r = A.apply_resize(A.Geometry.of_input((2,)), (3,), "bilinear")
+    assert [r.reads[0].at(o) for o in range(3)] == [(-1, 0), (0, 1), (1, 2)]
