@@ -1,13 +1,15 @@
 """input_headroom: can the Examples reader keep the trainer fed?
 
 Sides, alternated after a warm-up, one epoch each:
-  reader          the stage's reader alone (gzip shards -> parse -> decode -> shuffle -> batch ->
-                  prefetch, a fresh dataset as every epoch makes), drained as fast as it goes
+  reader          the stage's reader alone (components/training/train_input: gzip shards -> parse
+                  -> decode once into an in-memory cache when `train.cache` allows, then every
+                  epoch a seeded shuffle -> batch -> prefetch), drained as fast as it goes; after
+                  the warm-up it serves the cache
   trainer         the stage's compiled train step over the same batches held in memory: the rate
                   at which training consumes batches when input costs nothing
   records_only,   the reader's first steps alone, to show where its time goes: gzip shards read
   parsed          and interleaved (records_only), then parsed into features (parsed), no decoding
-  reader_cached   a probe, not the stage's reader: the same parse and decode followed by
+  reader_cached   a probe: a plain tf.data parse and decode followed by
                   `cache()` (the split fits in memory), then shuffle, batch, prefetch; from the
                   second epoch on it serves decoded images from memory
   training_epoch  a real epoch, reader feeding the train step, with the time spent in `next()` on
