@@ -108,6 +108,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     from components.tasks import get_task
     from components.training.loop import Plan, StepFunctions, fit
     from components.training.tensorboard import TrainingLogs
+    from components.training.train_input import TrainInput
 
     train = config.train
     schema = ex.read_schema(spec.examples_dir)
@@ -156,7 +157,6 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
         logs.graph(tf.function(lambda x: model(x, training=False)).get_concrete_function(
             tf.TensorSpec([None, *input_shape], tf.float32)))
 
-    from components.training.train_input import TrainInput
     train_data = TrainInput(spec.examples_dir, batch_size, train, schema, train_size)  # train_data(epoch)
     log.info("%s", train_data.describe())
 
