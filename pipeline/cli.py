@@ -125,7 +125,6 @@ def cmd_run(args, stages=None) -> int:
     try:
         with _console_logging(args.verbose), _sigterm_interrupts(), RootLock(root, wait=args.wait):
             if stages is None:
-                os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
                 from components import load_stages
                 stages = load_stages()
             runner = Runner(config, stages, root, argv=["convpipe", *args.argv])
@@ -275,7 +274,6 @@ def cmd_config_schema(args) -> int:
 def cmd_config_check(args, stages=None) -> int:
     config = load_config(args.file, args.set or [])
     if stages is None and not args.no_stage_checks:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from components import load_stages
         stages = load_stages()
     for stage in stages or []:
@@ -331,7 +329,6 @@ def model_input(config: PipelineConfig, input_shape: Optional[str], num_classes:
 def cmd_describe_model(args) -> int:
     config = load(args)
     shape, num_classes = model_input(config, args.input_shape, args.num_classes)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from components.tasks import get_task
     from models.describe import describe_model, format_table
 
@@ -461,6 +458,9 @@ def main(argv: Optional[Sequence[str]] = None, *, stages=None) -> int:
     """The `convpipe` command; `stages` replaces the component list (tests use fake stages)."""
     from pipeline.lock import LockHeld
 
+    # Before anything imports TensorFlow (building the parser imports components.predict): its C++
+    # INFO and WARNING lines are noise to a pipeline user. TF_CPP_MIN_LOG_LEVEL=0 shows them again.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
