@@ -177,6 +177,22 @@ _VERB = {"COMPLETE": "ran", "CACHED": "cached", "SKIPPED": "skipped", "FAILED": 
          "RUNNING": "running", "ABANDONED": "abandoned"}
 
 
+def stage_words(stages: list[dict]) -> str:
+    """`ingest=cached train=ran×3,cached×21 compare=ran`: one word a stage, however many trials a
+    sweep gave it, counted by what they did in order of first appearance."""
+    verbs: dict[str, list[str]] = {}
+    for s in stages:
+        verbs.setdefault(s["stage"], []).append(_VERB.get(s["state"], s["state"]))
+    words = []
+    for stage, done in verbs.items():
+        if len(done) == 1:
+            words.append(f"{stage}={done[0]}")
+        else:
+            counts = {verb: done.count(verb) for verb in dict.fromkeys(done)}
+            words.append(f"{stage}=" + ",".join(f"{verb}×{n}" for verb, n in counts.items()))
+    return " ".join(words)
+
+
 def cmd_runs(args) -> int:
     root = _root(args)
     try:
@@ -189,7 +205,7 @@ def cmd_runs(args) -> int:
     if not summary:
         print(f"no runs under {root.resolve()}")
     for run in summary:
-        stages = " ".join(f"{s['stage']}={_VERB.get(s['state'], s['state'])}" for s in run["stages"])
+        stages = stage_words(run["stages"])
         seconds = f"{run['seconds']:.1f} s" if run["seconds"] is not None else "-"
         print(f"{run['id']:>4}  {run['started']}  {run['state']:<9} {seconds:>9}  {stages}")
     return EXIT_OK

@@ -164,3 +164,12 @@ def test_tensorboard_points_at_the_runs_logdir(capsys, monkeypatch, tmp_path):
     [command] = calls
     assert command[-4:] == ["--logdir", str(Path("r") / "tensorboard"), "--port", "6007"]
     assert (tmp_path / "r" / "tensorboard").is_dir()
+
+
+def test_runs_counts_a_sweeps_trials_in_one_word_per_stage():
+    from pipeline.cli import stage_words
+
+    stages = [{"stage": "ingest", "state": "CACHED"}] + [{"stage": "train", "state": state} for state in
+                                                          ("COMPLETE", "CACHED", "CACHED", "FAILED")]
+    stages.append({"stage": "compare", "state": "SKIPPED"})
+    assert stage_words(stages) == "ingest=cached train=ran×1,cached×2,FAILED×1 compare=skipped"
