@@ -288,14 +288,16 @@ def cmd_config_schema(args) -> int:
 
 
 def cmd_config_check(args, stages=None) -> int:
+    from pipeline.runner import Runner
+
     config = load_config(args.file, args.set or [])
     if stages is None and not args.no_stage_checks:
         from components import load_stages
         stages = load_stages()
-    for stage in stages or []:
-        if stage.check is not None:
-            stage.check(config)
-    print(f"{args.file}: valid")
+    # The runner's own check: every stage, and every trial a sweep expands into, as a run would.
+    Runner(config, stages or []).check()
+    trials = [len(stage.expand(config)) for stage in stages or [] if stage.expand is not None and stage.enabled(config)]
+    print(f"{args.file}: valid" + (f" ({trials[0]} trials)" if trials and trials[0] > 1 else ""))
     return EXIT_OK
 
 
@@ -470,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _drop_beam_bigquery_notice(record: logging.LogRecord) -> bool:
+    """Importing apache_beam logs "apitools not found, and bigquery client libraries are not
+    available" on the root logger; convpipe never uses BigQuery, and the line reads like a fault."""
+    return not (record.name == "root" and str(record.msg).startswith("apitools not found"))
+
+
 def main(argv: Optional[Sequence[str]] = None, *, stages=None) -> int:
     """The `convpipe` command; `stages` replaces the component list (tests use fake stages)."""
     from pipeline.lock import LockHeld
@@ -477,6 +485,7 @@ def main(argv: Optional[Sequence[str]] = None, *, stages=None) -> int:
     # Before anything imports TensorFlow (building the parser imports components.predict): its C++
     # INFO and WARNING lines are noise to a pipeline user. TF_CPP_MIN_LOG_LEVEL=0 shows them again.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger().addFilter(_drop_beam_bigquery_notice)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -156,6 +156,20 @@ def test_config_check_runs_every_stage_check(capsys, tmp_path):
     assert code == 2 and err.strip() == 'model.name: expected a registered model, got "nope"'
 
 
+def test_config_check_checks_every_trial_of_a_sweep(capsys, tmp_path):
+    from pipeline.stage import Stage
+    from pipeline.sweep import trial_configs
+
+    stages = [Stage("train", {"model": "Model"}, lambda ctx: None, lambda c: {}, expand=trial_configs)]
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"train": {"sweep": {"train.optimizer.name": ["adam", "adamw"]}, "seeds": [0, 1]}}))
+    code, _, err = convpipe(capsys, "config", "check", str(config), stages=stages)
+    assert code == 2 and "trial optimizer=adamw,seed=0" in err and 'got "adamw"' in err
+    config.write_text(json.dumps({"train": {"sweep": {"train.optimizer.name": ["adam", "sgd"]}, "seeds": [0, 1]}}))
+    code, out, _ = convpipe(capsys, "config", "check", str(config), stages=stages)
+    assert code == 0 and out.strip().endswith("valid (4 trials)")
+
+
 def test_tensorboard_points_at_the_runs_logdir(capsys, monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda command: calls.append(command) or 0)
