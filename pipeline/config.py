@@ -251,9 +251,9 @@ class TrainSection(Strict):
     parallel_trials: PositiveInt = 1
     shuffle_buffer: PositiveInt = 1024
     cache: Union[bool, Literal["auto"]] = Field(
-        "auto", description="Keep the decoded train split in memory after its first epoch, so later epochs only "
-                            "reshuffle it: true, false, or 'auto' (when the split, estimated from schema.json, takes "
-                            "at most 512 MiB; components/training/train_input.py).")
+        "auto", description="Keep the decoded train and eval splits in memory after their first epoch, so later "
+                            "epochs only reshuffle them: true, false, or 'auto' (each split that, estimated from "
+                            "schema.json, takes at most 512 MiB; components/training/train_input.py).")
     save_freq_steps: Optional[PositiveInt] = Field(None, description="Also back up every N steps (preemption).")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     divergence: Divergence = Field(default_factory=Divergence)

@@ -1,4 +1,5 @@
-"""The train split as the loop reads it: decoded once per trial, reshuffled every epoch.
+"""The train and eval splits as the loop reads them: decoded once per trial, the train split
+reshuffled every epoch.
 
 Augmentation is offline (the augment stage), so the decoded training examples are the same every
 epoch, and decoding them again each epoch is the reader's cost: on 2 cores gzip records come at
@@ -93,3 +94,20 @@ class TrainInput:
         return ex.make_dataset(self.examples_dir, "train", self.batch_size, shuffle=True,
                                seed=epoch_seed(self.seed, epoch), shuffle_buffer=self.shuffle_buffer,
                                decoded=self.decoded)
+
+
+class EvalInput:
+    """`eval_input()`: the eval split's batches in their fixed order, every epoch; decoded once per
+    trial under the same `train.cache` rule as the train split."""
+
+    def __init__(self, examples_dir: str | Path, batch_size: int, train, schema: dict, count: int):
+        from components import examples as ex
+
+        self.examples_dir, self.batch_size = examples_dir, batch_size
+        self.decoded = (ex.decoded_split(examples_dir, "eval", cache=True)
+                        if should_cache(train.cache, schema, count) else None)
+
+    def __call__(self):
+        from components import examples as ex
+
+        return ex.make_dataset(self.examples_dir, "eval", self.batch_size, decoded=self.decoded)

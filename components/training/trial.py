@@ -108,7 +108,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     from components.tasks import get_task
     from components.training.loop import Plan, StepFunctions, fit
     from components.training.tensorboard import TrainingLogs
-    from components.training.train_input import TrainInput
+    from components.training.train_input import EvalInput, TrainInput
 
     train = config.train
     schema = ex.read_schema(spec.examples_dir)
@@ -161,9 +161,8 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     log.info("%s", train_data.describe())
 
     eval_batch = max(32, min(batch_size, 256))
-
-    def eval_data():
-        return ex.make_dataset(spec.examples_dir, "eval", eval_batch)
+    eval_data = EvalInput(spec.examples_dir, eval_batch, train, schema, int(counts.get("eval") or 0)) \
+        if has_eval else None  # eval_data()
 
     sample_split = "test" if ex.shard_files(spec.examples_dir, "test") else "train"
     samples = None
@@ -183,13 +182,13 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
                 early_stopping_patience=train.early_stopping.patience,
                 divergence_factor=train.divergence.factor, divergence_window=train.divergence.window)
     steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit, task=task)
-    hooks = task.training_hooks(model, loss, train, eval_data if has_eval else None)
+    hooks = task.training_hooks(model, loss, train, eval_data)
     preemption = None
     if placement.kind == "multi_worker":
         from components.training.preemption import PreemptionBackups
         preemption = PreemptionBackups(strategy, checkpoint, progress, backups, log)
     try:
-        fit(steps, train_data, eval_data if has_eval else None, plan, progress, backups, best, logs, log,
+        fit(steps, train_data, eval_data, plan, progress, backups, best, logs, log,
             on_epoch_end=log_samples, preemption=preemption, hooks=hooks)
     finally:
         logs.close()

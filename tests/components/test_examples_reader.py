@@ -141,3 +141,19 @@ def test_train_input_follows_the_setting(examples_dir):
     assert train_input(examples_dir, cache="auto").cached  # 24 tiny images
     uncached = train_input(examples_dir, cache=False)
     assert not uncached.cached and uncached.decoded is None and "decoded every epoch" in uncached.describe()
+
+
+def test_the_eval_split_is_decoded_once_and_read_in_its_fixed_order(examples_dir, tmp_path):
+    import shutil
+
+    from components.training.train_input import EvalInput
+
+    copy = tmp_path / "examples"
+    shutil.copytree(examples_dir, copy)
+    schema = ex.read_schema(copy)
+    data = EvalInput(copy, BATCH, TrainSection(cache=True), schema, 4)
+    plain = [y.numpy().tolist() for _, y in ex.make_dataset(copy, "eval", BATCH)]
+    assert [y.numpy().tolist() for _, y in data()] == plain
+    shutil.rmtree(copy / "eval")  # a second epoch can only come from the cache
+    assert [y.numpy().tolist() for _, y in data()] == plain
+    assert EvalInput(copy, BATCH, TrainSection(cache=False), schema, 4).decoded is None
