@@ -282,7 +282,8 @@ def run_ingest(ctx: ExecutionContext) -> None:
     class_names = list(reader.class_names())
     extras = dict(reader.schema_extras())
     items = list(reader.list_items())
-    ctx.log.info("ingest: %s source, %d items, task %s", ingest.source.name, len(items), ingest.task)
+    ctx.log.info("ingest: %s source, task %s, %d work items for the Beam workers", ingest.source.name,
+                 ingest.task, len(items))
     static_schema = {
         **extras,
         "task": ingest.task,
