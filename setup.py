@@ -30,7 +30,7 @@ setup(
         "jsonschema>=4.20",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pycocotools>=2.0.7"],  # pycocotools: the mAP reference
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
     entry_points={"console_scripts": ["convpipe=pipeline.cli:main"]},
