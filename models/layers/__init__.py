@@ -8,3 +8,4 @@ from models.layers.max_pooling_with_argmax import MaxPoolingWithArgmax2D  # noqa
 from models.layers.max_unpooling import MaxUnpooling2D  # noqa: F401
 from models.layers.nearest_upsampling import NearestUpsampling2D  # noqa: F401
 from models.layers.sum_pooling import SumPooling2D  # noqa: F401
+from models.layers.fused_batch_normalization import FusedBatchNormalization  # noqa: F401
