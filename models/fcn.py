@@ -34,6 +34,7 @@ import keras
 import numpy as np
 
 from models.layers.bed_of_nails import BedOfNails2D
+from models.layers.fused_batch_normalization import FusedBatchNormalization
 from models.layers.max_pooling_with_argmax import MaxPoolingWithArgmax2D
 from models.layers.max_unpooling import MaxUnpooling2D
 from models.layers.nearest_upsampling import NearestUpsampling2D
@@ -124,7 +125,7 @@ def check_input_size(input_shape, stride: tuple[int, int]) -> None:
 def _conv(x, filters: int, kernel, batch_norm: bool, name: str):
     x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=not batch_norm, name=f"{name}_conv")(x)
     if batch_norm:
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = FusedBatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
@@ -216,7 +217,7 @@ def _nail(value) -> tuple[int, int]:
 _GLOBAL_POOLS = {"GlobalAveragePooling2D": keras.layers.AveragePooling2D,
                  "GlobalMaxPooling2D": keras.layers.MaxPooling2D}
 _VECTOR_SAFE = {"Dropout", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "BatchNormalization",
-                "Identity", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "GaussianNoise",
+                "FusedBatchNormalization", "Identity", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "GaussianNoise",
                 "GaussianDropout", "AlphaDropout"}
 """Layers that act on the last axis only, so applying them to [b, h, w, C] instead of [b, C] is the
 same computation at every position."""
@@ -267,7 +268,7 @@ def _convolutional_twin(layer):
                 f"to_fully_convolutional: layer '{layer.name}' ({kind}) works on vectors after the global "
                 f"pooling or Flatten, and has no convolutional equivalent here. Expected only "
                 f"{', '.join(sorted(_VECTOR_SAFE | {'Dense'}))} in the head.")
-        if kind == "BatchNormalization":
+        if kind in ("BatchNormalization", "FusedBatchNormalization"):
             config["axis"] = -1
     return type(layer).from_config(config)
 

@@ -104,3 +104,25 @@ def test_saves_and_loads_safely(tmp_path):
     loaded = keras.models.load_model(tmp_path / "cnn.keras", safe_mode=True)
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_batch_norm_is_fused_and_trains_as_keras_batch_normalization_does():
+    from models.layers import FusedBatchNormalization
+
+    model = build_model("cnn", (12, 12, 3), 3)
+    assert [type(model.get_layer(f"block{n}_bn")) for n in (1, 2, 3)] == [FusedBatchNormalization] * 3
+
+    def as_keras(layer):
+        config = layer.get_config()
+        return keras.layers.BatchNormalization.from_config(config) if isinstance(layer, FusedBatchNormalization) \
+            else layer.__class__.from_config(config)
+    reference = keras.models.clone_model(model, clone_function=as_keras)
+    reference.set_weights(model.get_weights())
+    assert type(reference.get_layer("block1_bn")) is keras.layers.BatchNormalization
+    x = np.random.default_rng(0).random((4, 12, 12, 3), dtype=np.float32)
+    for _ in range(3):
+        np.testing.assert_allclose(model(x, training=True), reference(x, training=True), rtol=1e-4, atol=1e-5)
+    for n in (1, 2, 3):
+        np.testing.assert_allclose(model.get_layer(f"block{n}_bn").moving_variance,
+                                   reference.get_layer(f"block{n}_bn").moving_variance, rtol=1e-5)
+    np.testing.assert_allclose(model(x), reference(x), rtol=1e-4, atol=1e-5)
