@@ -1,19 +1,23 @@
 """The default CNN rebuilt with one thing changed, to measure what limits its speed on a CPU.
 
-`models.cnn` builds channels-last networks with Keras's BatchNormalization, which on the
-TensorFlow backend is computed as separate moments, subtract, multiply and add ops rather than
-TensorFlow's fused batch-norm kernel. To see what the input layout and a fused batch norm are
-worth, `replica_cnn` rebuilds `models.cnn.DEFAULT_BLOCKS` layer for layer (same FLOPs, checked
-in the benchmark) with a chosen data format and batch-norm kind. These are probes for the
-benchmark, not models for the pipeline: they are never saved or served.
+`models.cnn` builds channels-last networks whose batch norm runs TensorFlow's fused kernel
+(models/layers/fused_batch_normalization.py); Keras's own BatchNormalization computes separate
+moments, subtract, multiply and add ops instead. To see what the batch-norm kind and the input
+layout are worth, `replica_cnn` rebuilds `models.cnn.DEFAULT_BLOCKS` layer for layer (same FLOPs,
+checked in the benchmark) with a chosen data format and batch-norm kind. The model's fused layer
+fuses channels-last inputs only, so NCHW uses `FusedBatchNorm` below, a probe. These are probes
+for the benchmark, not models for the pipeline: they are never saved or served.
 """
 from __future__ import annotations
 
 import keras
 
+from models.layers.fused_batch_normalization import FusedBatchNormalization
+
 
 class FusedBatchNorm(keras.layers.Layer):
-    """Batch normalisation through `tf.compat.v1.nn.fused_batch_norm` (one kernel per direction)."""
+    """Batch normalisation through `tf.compat.v1.nn.fused_batch_norm` in NCHW (one kernel per
+    direction); a probe: its moving variance keeps the kernel's Bessel correction."""
 
     def __init__(self, momentum: float = 0.9, epsilon: float = 1e-3, data_format: str = "channels_last", **kwargs):
         super().__init__(**kwargs)
@@ -70,7 +74,9 @@ def replica_cnn(image_size: int, channels: int, num_classes: int, data_format: s
         x = keras.layers.Conv2D(block["filters"], block["kernel_size"], padding=block["padding"],
                                 use_bias=not block["batch_norm"], data_format=data_format, name=f"block{n}_conv")(x)
         if block["batch_norm"]:
-            if batch_norm == "fused":
+            if batch_norm == "fused" and data_format == "channels_last":
+                x = FusedBatchNormalization(momentum=0.9, name=f"block{n}_bn")(x)
+            elif batch_norm == "fused":
                 x = FusedBatchNorm(momentum=0.9, data_format=data_format, name=f"block{n}_bn")(x)
             else:
                 x = keras.layers.BatchNormalization(axis=axis, momentum=0.9, name=f"block{n}_bn")(x)
