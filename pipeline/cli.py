@@ -482,8 +482,9 @@ def main(argv: Optional[Sequence[str]] = None, *, stages=None) -> int:
     """The `convpipe` command; `stages` replaces the component list (tests use fake stages)."""
     from pipeline.lock import LockHeld
 
-    # Before anything imports TensorFlow (building the parser imports components.predict): its C++
-    # INFO and WARNING lines are noise to a pipeline user. TF_CPP_MIN_LOG_LEVEL=0 shows them again.
+    # Before anything imports TensorFlow (building the parser imports components.predict), for every
+    # command: TensorFlow's C++ INFO and WARNING logging is noise to a pipeline user (=0 shows it).
+    # The few lines TF 2.21 prints while loading, before absl::InitializeLog, ignore this setting.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger().addFilter(_drop_beam_bigquery_notice)
     argv = list(sys.argv[1:] if argv is None else argv)
