@@ -19,8 +19,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from components.augmentations import augment_record, copy_id, copy_seed
+from components.ordered_shards import WriteOrderedShards
 from components.examples import (
-    DEAD_LETTER_FILE, IMAGE_FORMAT, SCHEMA_FILE, SHARD_SUFFIX, SPLITS, STATS_FILE, decode_example, encode_example,
+    DEAD_LETTER_FILE, IMAGE_FORMAT, SCHEMA_FILE, SPLITS, STATS_FILE, decode_example, encode_example,
     read_schema, shard_files, shard_pattern)
 from pipeline import beam as beam_runs
 from pipeline.config import ConfigError, PipelineConfig
@@ -91,9 +92,7 @@ def run_augment(ctx: ExecutionContext) -> None:
         | "Read train" >> beam.io.ReadFromTFRecord(shard_pattern(source, "train"), compression_type=CompressionTypes.GZIP)
         | "Add copies" >> beam.FlatMap(with_copies, cfg=cfg)
     )
-    _ = train | "Write train" >> beam.io.WriteToTFRecord(
-        str(target / "train" / "data"), file_name_suffix=SHARD_SUFFIX, num_shards=len(train_shards),
-        compression_type=CompressionTypes.GZIP)
+    _ = train | "Write train" >> WriteOrderedShards(str(target / "train" / "data"), len(train_shards))
     _ = (
         train
         | "Count train" >> beam.combiners.Count.Globally()

@@ -175,7 +175,10 @@ def encode_example(record: dict, image_format: str = "png") -> bytes:
             for key, column in zip(BOX_KEYS, boxes.T):
                 feature[key] = _floats(column)
             feature[BOX_LABEL] = _ints(labels)
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic=True: a map's entries in key order, so the same record is the same bytes in
+    # every process (the default order follows Python's per-process hash seed), and the shards,
+    # written in the order of these bytes' digests (ordered_shards.py), are the same files.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def _crowd_part(record: dict):

@@ -24,6 +24,7 @@ import numpy as np
 
 from components import examples as ex
 from components import stats as stats_lib
+from components.ordered_shards import WriteOrderedShards
 from components.sources import SOURCE_MODULES, make_reader
 from pipeline import beam as beam_lib
 from pipeline.config import ConfigError, PipelineConfig
@@ -211,9 +212,7 @@ def build(pipeline: beam.Pipeline, reader, items: list, rules: RecordRules, out:
     for split, rows in zip(ex.SPLITS, by_split):
         (rows
          | f"Serialized[{split}]" >> beam.Map(lambda row: row[1])
-         | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-             str(out / split / "data"), file_name_suffix=ex.SHARD_SUFFIX, num_shards=num_shards,
-             shard_name_template="-SSSSS-of-NNNNN", compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+         | f"Write[{split}]" >> WriteOrderedShards(str(out / split / "data"), num_shards))
 
     stats = (prepared.good
              | "Summaries" >> beam.Map(lambda row: row[2])
