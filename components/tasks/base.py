@@ -166,6 +166,12 @@ class TaskAdapter:
         """Names `evaluate.metric` / `evaluate.thresholds` may use (checked before a run), or None."""
         return None
 
+    def decode_inputs(self, encoded: Sequence, schema: dict) -> np.ndarray:
+        """Encoded test images -> the model's float inputs, decoded as the serving signature does."""
+        from components.serving import decode_images
+
+        return decode_images(encoded, schema["image_size"])
+
     def read_test(self, examples_dir: str | Path, schema: dict) -> dict:
         """The test split as a dict of lists (see the module docstring); labels are range-checked."""
         raise NotImplementedError(f"task {self.name!r} does not evaluate")

@@ -111,11 +111,6 @@ class ClassificationTask(TaskAdapter):
         check_labels(test["label"], schema["class_names"], str(examples_dir))
         return test
 
-    def decode_inputs(self, encoded: Sequence, schema: dict) -> np.ndarray:
-        from components.serving import decode_images
-
-        return decode_images(encoded, schema["image_size"])
-
     def probabilities(self, model, test: dict, schema: dict) -> np.ndarray:
         return softmax_batches(model, self.decode_inputs(test["encoded"], schema))
 

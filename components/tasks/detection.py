@@ -221,11 +221,6 @@ class DetectionTask(TaskAdapter):
         check_box_labels(test["labels"], schema["class_names"], str(examples_dir))
         return test
 
-    def decode_inputs(self, encoded: Sequence, schema: dict) -> np.ndarray:
-        from components.serving import decode_images
-
-        return decode_images(encoded, schema["image_size"])
-
     def evaluate(self, model, test, schema, evaluate_section, out_dir) -> Evaluation:
         from components.detection_report import detection_sections, pr_curves
         from components.sample_grids import boxes_grid_png
