@@ -10,7 +10,8 @@ reader shuffles with the seed on top of it).
 
 Every one of the N shard files is written, empty or not, as `WriteToTFRecord` does, so the
 layout `<prefix>-SSSSS-of-NNNNN.tfrecord.gz` always has N files. A shard is held in memory while
-it is sorted and written: size `num_shards` so that a shard stays well under a worker's memory.
+it is sorted and written, so one larger than `MAX_SHARD_BYTES` fails with a message that asks
+for more shards, rather than a worker dying of memory.
 """
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ import hashlib
 import apache_beam as beam
 
 from components.examples import SHARD_SUFFIX
+
+
+MAX_SHARD_BYTES = 1 << 30
+"""The most record bytes one shard may hold (sorted in one worker's memory): 1 GiB."""
+
+
+class ShardTooLarge(ValueError):
+    pass
 
 
 def record_digest(serialized: bytes) -> bytes:
@@ -39,8 +48,18 @@ def write_shard(shard_and_records, prefix: str, num_shards: int) -> str:
     import tensorflow as tf
 
     shard, keyed = shard_and_records
-    records = sorted((pair for pair in keyed if pair is not None), key=lambda pair: pair)
     path = shard_path(prefix, shard, num_shards)
+    records, size = [], 0
+    for pair in keyed:
+        if pair is None:
+            continue
+        size += len(pair[1])
+        if size > MAX_SHARD_BYTES:
+            raise ShardTooLarge(f"{path}: more than {MAX_SHARD_BYTES / 2 ** 20:.0f} MiB of records for one shard "
+                                f"(each shard is sorted in memory); expected more shards: raise ingest.num_shards "
+                                f"(now {num_shards} per split)")
+        records.append(pair)
+    records.sort()
     tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
     with tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
         for _, serialized in records:

@@ -145,7 +145,9 @@ class IngestSection(Strict):
         None, description="[height, width] to resize to during ingest; null keeps the source size.")
     image_format: Literal["png", "jpeg"] = "png"
     splits: SplitFractions = Field(default_factory=SplitFractions)
-    num_shards: PositiveInt = Field(2, description="Shards per split.")
+    num_shards: PositiveInt = Field(
+        2, description="Shards per split (augment keeps the train split's count). A shard is sorted in one worker's "
+                       "memory when written and may hold at most 1 GiB: e.g. ImageNet wants 1024.")
     max_bad_fraction: Fraction = Field(0.05, description="Fail when more than this share of records is bad.")
 
 

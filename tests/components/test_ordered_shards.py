@@ -51,3 +51,14 @@ def test_the_same_record_serializes_to_the_same_bytes_in_any_process():
                               env={"PYTHONHASHSEED": str(seed), "TF_CPP_MIN_LOG_LEVEL": "3",
                                    "PATH": "/usr/bin:/bin"}).stdout.strip() for seed in (1, 2, 3)}
     assert len(digests) == 1 and len(next(iter(digests))) == 64
+
+
+def test_a_shard_larger_than_the_limit_fails_naming_the_shard_and_the_key(tmp_path, monkeypatch):
+    import pytest
+
+    from components import ordered_shards
+
+    monkeypatch.setattr(ordered_shards, "MAX_SHARD_BYTES", 100)
+    with pytest.raises(Exception, match=r"data-00000-of-00001\.tfrecord\.gz: more than 0 MiB .* raise "
+                                         r"ingest\.num_shards \(now 1 per split\)"):
+        write([b"x" * 60, b"y" * 60], tmp_path / "big", 1)
