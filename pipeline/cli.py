@@ -295,9 +295,8 @@ def cmd_config_check(args, stages=None) -> int:
         from components import load_stages
         stages = load_stages()
     # The runner's own check: every stage, and every trial a sweep expands into, as a run would.
-    Runner(config, stages or []).check()
-    trials = [len(stage.expand(config)) for stage in stages or [] if stage.expand is not None and stage.enabled(config)]
-    print(f"{args.file}: valid" + (f" ({trials[0]} trials)" if trials and trials[0] > 1 else ""))
+    trials = max(Runner(config, stages or []).check().values(), default=1)
+    print(f"{args.file}: valid" + (f" ({trials} trials)" if trials > 1 else ""))
     return EXIT_OK
 
 

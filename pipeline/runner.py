@@ -241,9 +241,10 @@ class Runner:
                     pending.append(producer)
         return selected, [s for s in self.stages[:start] if s.name in needed]
 
-    def check(self) -> None:
-        """Every stage's `check(config)`, before anything runs; all problems reported together."""
-        problems = []
+    def check(self) -> dict[str, int]:
+        """Every stage's `check(config)`, before anything runs; all problems reported together.
+        Returns the number of trials of each stage that expands into a sweep."""
+        problems, trial_counts = [], {}
         for stage in self.stages:
             if not stage.enabled(self.config) and (len(stage.inputs) != 1 or len(stage.outputs) != 1):
                 problems.append(f"stage {stage.name} is disabled, but only a stage with one input and one "
@@ -258,6 +259,7 @@ class Runner:
                     stage.check(self.config)
                 if stage.expand is not None and stage.enabled(self.config):
                     trials = stage.expand(self.config)
+                    trial_counts[stage.name] = len(trials)
                     if not trials:
                         problems.append(f"stage {stage.name}: its sweep expands into no trials")
                     for _, trial_config in trials:
@@ -267,6 +269,7 @@ class Runner:
                 problems.append(str(exc))
         if problems:
             raise ConfigError("\n".join(problems))
+        return trial_counts
 
     # -------------------------------------------------------------------------------- running
     def run(self, from_stage: Optional[str] = None, to_stage: Optional[str] = None, force: bool = False,

@@ -134,6 +134,7 @@ class MultitaskHooks(TrainingHooks):
         self.model, self.loss, self.schedule, self.eval_data = model, loss, schedule, eval_data
         self.evaluate_at = set(evaluate_at)
         self.active = None
+        self.phase = ""
         self.eval_split = None
         config = model.head_config
         self.class_names = [str(k) for k in range(config.get("classification", config.get("detection", {})).get(
@@ -144,10 +145,11 @@ class MultitaskHooks(TrainingHooks):
         if self.active is None or not np.array_equal(active, self.active):
             self.loss.loss.set_active(active)
             self.active = active
+            self.phase = "+".join(head for head, on in zip(self.model.heads, active) if on)
 
     def loss_phase(self) -> str:
         """The heads trained in this step: a head's loss is only compared with its own."""
-        return "+".join(head for head, on in zip(self.model.heads, self.active) if on)
+        return self.phase
 
     def end_of_epoch(self, epoch: int) -> dict:
         weighting = self.model.task_weighting
