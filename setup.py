@@ -1,4 +1,5 @@
-"""Packaging for convpipe: three packages (pipeline, components, models) and the `convpipe` command.
+"""Packaging for convpipe: four packages (models, pipeline, components, and convpipe, which composes them
+into the `convpipe` command).
 
 Version ranges are the ones that install together on Python 3.11 here; keras >= 3.15.1 because
 earlier 3.x releases have model-loading CVEs.
@@ -10,7 +11,8 @@ setup(
     version="0.1.0",
     description="A computer-vision training pipeline on TensorFlow and Keras with TFX-style stages.",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*", "models", "models.*", "benchmarks", "benchmarks.*"]),
+    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*", "models", "models.*",
+                                    "convpipe", "convpipe.*", "benchmarks", "benchmarks.*"]),
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.15.1,<4",
@@ -33,5 +35,5 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pycocotools>=2.0.7"],  # pycocotools: the mAP reference
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
-    entry_points={"console_scripts": ["convpipe=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["convpipe=convpipe.cli:main"]},
 )

@@ -1,9 +1,9 @@
 """The default CNN rebuilt with one thing changed, to measure what limits its speed on a CPU.
 
-`models.cnn` builds channels-last networks whose batch norm runs TensorFlow's fused kernel
+`models.classification.cnn` builds channels-last networks whose batch norm runs TensorFlow's fused kernel
 (models/layers/fused_batch_normalization.py); Keras's own BatchNormalization computes separate
 moments, subtract, multiply and add ops instead. To see what the batch-norm kind and the input
-layout are worth, `replica_cnn` rebuilds `models.cnn.DEFAULT_BLOCKS` layer for layer (same FLOPs,
+layout are worth, `replica_cnn` rebuilds `models.classification.cnn.DEFAULT_BLOCKS` layer for layer (same FLOPs,
 checked in the benchmark) with a chosen data format and batch-norm kind. The model's fused layer
 fuses channels-last inputs only, so NCHW uses `FusedBatchNorm` below, a probe. These are probes
 for the benchmark, not models for the pipeline: they are never saved or served.
@@ -61,8 +61,8 @@ class FusedBatchNorm(keras.layers.Layer):
 
 def replica_cnn(image_size: int, channels: int, num_classes: int, data_format: str = "channels_last",
                 batch_norm: str = "keras") -> keras.Model:
-    """models.cnn's default network, layer for layer, in `data_format` with `batch_norm` 'keras' or 'fused'."""
-    from models.cnn import DEFAULT_BLOCKS
+    """models.classification.cnn's default network, layer for layer, in `data_format` with `batch_norm` 'keras' or 'fused'."""
+    from models.classification.cnn import DEFAULT_BLOCKS
 
     if batch_norm not in ("keras", "fused"):
         raise ValueError(f"batch_norm: expected 'keras' or 'fused', got {batch_norm!r}")

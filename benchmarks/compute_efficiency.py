@@ -76,7 +76,7 @@ class CnnSide:
         policy = keras.config.dtype_policy()
         keras.config.set_dtype_policy(variant["precision"])
         try:
-            if variant["layout"] == "channels_last" and variant["batch_norm"] == "fused":  # models.cnn's own
+            if variant["layout"] == "channels_last" and variant["batch_norm"] == "fused":  # models.classification.cnn's own
                 self.model = build_model("cnn", (image_size, image_size, 3), CLASSES)
             else:
                 self.model = replica_cnn(image_size, 3, CLASSES, variant["layout"], variant["batch_norm"])

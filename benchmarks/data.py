@@ -49,7 +49,7 @@ def context(config, root: Path, stage, inputs: Optional[dict] = None, name: Opti
 
 def ingest(config, root: Path, name: str = "ingest") -> Path:
     """Run the ingest stage on `config` and return the Examples directory."""
-    from components import ingest as ingest_stage
+    from components.ingest import stage as ingest_stage
 
     ctx = context(config, root, ingest_stage.STAGE, name=name)
     ingest_stage.STAGE.executor(ctx)

@@ -56,8 +56,8 @@ def plain_loop(config, out: Path) -> int:
     import tensorflow as tf
 
     from components import examples as ex
-    from components import ingest
-    from components import stats as stats_lib
+    from components.ingest import stage as ingest
+    from components.ingest import stats as stats_lib
     from components.sources import make_reader
 
     source, settings = config.ingest.source, config.ingest

@@ -1,6 +1,6 @@
 """serving_latency: the exported SavedModel on encoded images against the Keras model on decoded tensors.
 
-The export stage's SavedModel (components/serving.py, written and loaded as export does) is called
+The export stage's SavedModel (components/serving/, written and loaded as export does) is called
 per request, batch 1 and batch 32; every call is timed, and p50/p95 come from all calls of a side.
 Sides, alternated in blocks of calls after a warm-up block:
   serving_default  signature on PNG bytes: decode + resize in the graph, model, softmax/argmax/names

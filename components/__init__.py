@@ -1,31 +1,15 @@
-"""The pipeline's stages, one module each, in the order they run.
+"""The pipeline's stages and what they share.
 
-Each module defines `STAGE = pipeline.stage.Stage(...)`. The runner takes the list from
-`load_stages()`; a stage module that does not exist in this checkout is left out, so a partial
-pipeline runs as far as it goes.
+The seven stages, one package each, in the order they run (convpipe/stages.py lists them):
+    ingest/  validate/  augment/  train/  evaluate/  compare/  export/
+Each has `stage.py` (`STAGE = pipeline.stage.Stage(...)`: inputs, outputs, parameters, executor)
+and beside it what only that stage uses. Stages never import each other; they pass artifacts.
+
+What several stages share, each in a package named for what it is:
+    examples/  the Examples artifact: feature keys, encode/decode, shard files, the tf.data reader
+    sources/   the data sources ingest reads (one module each)
+    tasks/     what train, evaluate and export do differently per task (classification, detection, ...)
+    training/  the training loop, strategies, backups, TensorBoard; the Model artifact's files
+    serving/   the TF Serving layout, the serving signatures, the fresh-process probe, predict
+    reports/   report.html's page, sample grids and mask pictures
 """
-from __future__ import annotations
-
-import importlib
-
-STAGE_ORDER = ("ingest", "validate", "augment", "train", "evaluate", "compare", "export")
-
-
-def load_stages() -> list:
-    """The `STAGE` of every stage module present, in pipeline order."""
-    stages = []
-    for name in STAGE_ORDER:
-        module_name = f"{__name__}.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        stage = getattr(module, "STAGE", None)
-        if stage is None:
-            raise ImportError(f"{module_name}: expected a module-level STAGE = Stage(...), found none")
-        if stage.name != name:
-            raise ImportError(f"{module_name}: STAGE.name is {stage.name!r}, expected {name!r}")
-        stages.append(stage)
-    return stages

@@ -1,5 +1,11 @@
 """Keras 3 models, layers, losses and box utilities; nothing here knows about the pipeline.
 
+One package per model family over what they all share:
+    classification/  segmentation/  detection/  multitask/  video/
+    layers/ (one custom layer a file), losses.py, optimizers.py, arithmetic.py (output sizes and
+    receptive fields by the formula), describe.py (a model's layer table), registry.py
+`build_model(name, **params)` is the one way in: every family registers its builders by name.
+
     from models import build_model
     model = build_model("cnn", input_shape=(32, 32, 3), num_classes=3, blocks=[...])
 
@@ -12,8 +18,8 @@ import importlib
 from models.registry import LOSSES, MODELS, OPTIMIZERS
 
 # Modules that register builders, losses and optimizers when imported; a module not written yet is skipped.
-_REGISTERING_MODULES = ("cnn", "fcn", "detector", "multitask", "video", "losses", "pixel_losses",
-                        "detection_losses", "optimizers")
+_REGISTERING_MODULES = ("classification.cnn", "segmentation.fcn", "detection.detector", "multitask.network",
+                        "video.fusion", "losses", "segmentation.losses", "detection.losses", "optimizers")
 
 
 def load_registrations() -> None:

@@ -1,6 +1,7 @@
 """`convpipe schedule`: the pipeline on a cron schedule, unattended.
 
-Every firing is `python -m pipeline.cli run ...` in a fresh process: the same code path as
+Every firing is `python -m convpipe.cli run ...` (the `convpipe` program, started as a process: the
+framework imports no part of it) in a fresh process: the same code path as
 `convpipe run` (lock, per-run log under `<root>/logs/`, cache, exit codes), and TensorFlow's state
 never outlives a run. The exit code says what happened: 0 done, 75 another run holds the root (this
 firing is skipped, not an error: the next one will find the work cached or do it), anything else a
@@ -33,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pipeline.cli import DEFAULT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, load
+from pipeline.console import DEFAULT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, load
 from pipeline.config import ConfigError
 from pipeline.cron import CronExpression
 
@@ -64,11 +65,11 @@ def run_arguments(args, root: Path) -> list[str]:
 
 
 def convpipe_program() -> list[str]:
-    """The `convpipe` script of this Python's environment (a venv's bin/), else `python -m pipeline.cli`."""
+    """The `convpipe` script of this Python's environment (a venv's bin/), else `python -m convpipe.cli`."""
     script = Path(sys.executable).parent / "convpipe"    # not resolved: a venv's python is a symlink
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "pipeline.cli"]
+    return [sys.executable, "-m", "convpipe.cli"]
 
 
 def crontab_line(cron: CronExpression, arguments: Sequence[str], root: Path, workdir: Path) -> str:
@@ -289,7 +290,7 @@ def cmd_schedule(args) -> int:
         print(systemd_units(cron, arguments, root, workdir), end="")
         return EXIT_OK
 
-    command = [sys.executable, "-m", "pipeline.cli", *arguments]
+    command = [sys.executable, "-m", "convpipe.cli", *arguments]
     logs = root / "logs"
     with _logging_to(logs):
         service = ScheduledRuns(command, cron.trigger() if cron else None, grace=args.grace, logs=logs)

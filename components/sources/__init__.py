@@ -3,7 +3,7 @@
 Each source module defines a `Reader(source_config, ingest_config)` with:
   class_names() -> list[str]
   list_items() -> list            small picklable keys (paths, index ranges); Beam creates from these
-  read(item) -> Iterable[dict]    record dicts (see components/examples.py); raises
+  read(item) -> Iterable[dict]    record dicts (see components/examples/); raises
                                   components.examples.RecordError naming the item for bad input
   fingerprint() -> str            changes when the data changes (file list, sizes, mtimes; or the config)
   schema_extras() -> dict         extra fields for schema.json (e.g. num_frames, length rule)

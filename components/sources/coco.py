@@ -3,14 +3,14 @@
     ingest.source = {"name": "coco", "annotations": "annotations/instances_val2017.json", "images": "val2017"}
 
 - Boxes: COCO's `bbox` is [x, y, width, height] in pixels; records hold xyxy normalised to the
-  image (`rel_xyxy`), converted by models/boxes.py. A box overshooting its image by at most
+  image (`rel_xyxy`), converted by models/detection/boxes.py. A box overshooting its image by at most
   `EDGE_TOLERANCE` pixels (rounding in real annotation files) is clipped to it.
 - Classes: category ids, sorted, become contiguous labels 0..K-1; `class_names` are the category
   names and schema.json keeps the id of each label (`coco_category_ids`), so predictions can be
   written back in COCO ids.
 - Crowd regions (`iscrowd: 1`) are left out of `boxes` (no training target) and kept in the
   record's `crowd_boxes` [C, 4] (rel_xyxy) and `crowd_labels` [C] for evaluation to match as
-  ignore; the shards hold them with `image/object/is_crowd` = 1 (components/examples.py).
+  ignore; the shards hold them with `image/object/is_crowd` = 1 (components/examples/).
 - Images without any annotation are kept as negatives (no boxes).
 - Bad input goes to the dead letter, and only the bad part: an image that is missing, cannot be
   decoded or does not have the size the JSON states fails alone; an annotation that names an
@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from components.examples import RecordError, decode_image
-from models import boxes as box_ops
+from models.detection import boxes as box_ops
 
 TASKS = ("detection",)
 EDGE_TOLERANCE = 1.0

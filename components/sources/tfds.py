@@ -153,7 +153,7 @@ class Reader:
             if value is None:
                 continue
             if field == "boxes":
-                from models.boxes import convert
+                from models.detection.boxes import convert
 
                 boxes = np.asarray(value, np.float32).reshape(-1, 4)
                 value = np.asarray(convert(boxes, "rel_yxyx", "rel_xyxy"), np.float32) if len(boxes) else boxes

@@ -32,7 +32,7 @@ class Evaluation:
     metrics: dict
     """metrics.json: every name `evaluate.metric` and `evaluate.thresholds` may use, as floats."""
     sections: list = field(default_factory=list)
-    """Report sections in order: (heading, HTML fragment); components/report.py's `table_html`,
+    """Report sections in order: (heading, HTML fragment); components/reports/html.py's `table_html`,
     `image_html` (PNG bytes -> embedded <img>) and `classification_sections` build them."""
     summary: str = ""
     """One log line, e.g. "accuracy 0.97, top-2 accuracy 1.00"."""
@@ -86,6 +86,13 @@ class TrainingHooks:
         return {}
 
 
+def monitor_for(evaluate_metric: str, has_eval: bool, computed: tuple = ("accuracy",)) -> str:
+    """The metric that picks the best epoch: the evaluation metric on the eval split when training
+    computes it (`computed`), else the eval loss (or the train loss when there is no eval split)."""
+    prefix = "val_" if has_eval else ""
+    return prefix + (evaluate_metric if evaluate_metric in computed else "loss")
+
+
 class TaskAdapter:
     """One task's behaviour in every stage. Defaults suit any model trained by a registered loss."""
 
@@ -137,8 +144,6 @@ class TaskAdapter:
     def monitor(self, config, has_eval: bool) -> str:
         """The epoch-row entry that picks the weights kept (default: `evaluate.metric` on the eval
         split when training computes it per step, else the eval loss); "epoch" keeps the last epoch."""
-        from components.training.trial import monitor_for
-
         return monitor_for(config.evaluate.metric, has_eval, self.metric_names)
 
     def training_hooks(self, model, loss, train_section, eval_data) -> TrainingHooks:
@@ -160,7 +165,7 @@ class TaskAdapter:
         return None
 
     # --------------------------------------------------------------------------------------------
-    # evaluation (components/evaluate.py)
+    # evaluation (components/evaluate/stage.py)
     # --------------------------------------------------------------------------------------------
     def known_metrics(self, evaluate_section) -> Optional[list]:
         """Names `evaluate.metric` / `evaluate.thresholds` may use (checked before a run), or None."""
@@ -196,7 +201,7 @@ class TaskAdapter:
         raise NotImplementedError(f"task {self.name!r} does not export")
 
     # --------------------------------------------------------------------------------------------
-    # export (components/export.py) and predict (components/predict.py)
+    # export (components/export/stage.py) and predict (components/serving/predict.py)
     # --------------------------------------------------------------------------------------------
     def serving_info(self, info: dict) -> dict:
         """Extra fields for the version's convpipe.json beyond `info` (default none)."""
@@ -208,7 +213,7 @@ class TaskAdapter:
         raise NotImplementedError(f"task {self.name!r} does not export")
 
     def check_export(self, saved_model: Path, model, probe_dir: Path, info: dict, scratch: Path) -> dict:
-        """Load `saved_model` in a fresh process (components/serving_probe.py), run every signature
+        """Load `saved_model` in a fresh process (components/serving/probe.py), run every signature
         on the probe inputs and compare with the Keras model: {signature: max abs difference}.
         Raises ExportMismatch for disagreements no tolerance covers."""
         raise NotImplementedError(f"task {self.name!r} does not export")

@@ -1,9 +1,9 @@
 """Image classification: one label per image, softmax over class logits.
 
 Training logs accuracy per step; evaluation reports accuracy, top-k, loss, per-class
-precision/recall/F1 and the confusion matrix (components/classification_metrics.py) and writes
+precision/recall/F1 and the confusion matrix (components/tasks/classification_metrics.py) and writes
 one prediction line per test image; the SavedModel's serving_default takes encoded images
-(components/serving.py builds the signatures) and returns probabilities, class_id, class_name.
+(components/serving/ builds the signatures) and returns probabilities, class_id, class_name.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class ClassificationTask(TaskAdapter):
         return inputs
 
     def sample_grid_png(self, model, inputs, targets, class_names):
-        from components.sample_grids import classification_grid_png
+        from components.reports.sample_grids import classification_grid_png
 
         probabilities = softmax_batches(model, np.asarray(inputs))
         return classification_grid_png(self.display_images(np.asarray(inputs)), np.asarray(targets).argmax(-1),
@@ -102,7 +102,7 @@ class ClassificationTask(TaskAdapter):
 
     # evaluation ----------------------------------------------------------------------------------
     def known_metrics(self, evaluate_section) -> list:
-        from components.classification_metrics import metric_names
+        from components.tasks.classification_metrics import metric_names
 
         return metric_names(evaluate_section.top_k)
 
@@ -115,12 +115,12 @@ class ClassificationTask(TaskAdapter):
         return softmax_batches(model, self.decode_inputs(test["encoded"], schema))
 
     def report_sections(self, metrics: dict, samples: dict) -> list:
-        from components.report import classification_sections
+        from components.reports.html import classification_sections
 
         return classification_sections(metrics, samples, self.display_images(samples["images"]))
 
     def evaluate(self, model, test, schema, evaluate_section, out_dir) -> Evaluation:
-        from components.classification_metrics import classification_metrics
+        from components.tasks.classification_metrics import classification_metrics
 
         class_names = schema["class_names"]
         inputs = self.decode_inputs(test["encoded"], schema)
@@ -142,7 +142,7 @@ class ClassificationTask(TaskAdapter):
         return serving.ServedModel(saved_model).classify_bytes(test["encoded"])["probabilities"]
 
     def evaluate_served(self, saved_model, test, schema, evaluate_section) -> dict:
-        from components.classification_metrics import classification_metrics
+        from components.tasks.classification_metrics import classification_metrics
 
         return classification_metrics(test["label"], self.served_probabilities(saved_model, test, schema),
                                       schema["class_names"], evaluate_section.top_k)

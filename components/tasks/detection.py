@@ -3,12 +3,12 @@
 Training: the one-stage detector trains through the registered "detection" loss on its raw
 outputs, the two-stage and sliding-window detectors through their own `compute_loss` (train.loss
 "detector"); the loop logs the loss only. Crowd regions (COCO `iscrowd`, `image/object/is_crowd`)
-reach the loop with label -1 (components/examples.py), so no loss ever trains on them, and this
+reach the loop with label -1 (components/examples/), so no loss ever trains on them, and this
 adapter hands the model only "boxes" and "labels".
 
 Evaluation: every test image through `model.detect` (score >= SCORE_THRESHOLD, per-class NMS at
 IOU_THRESHOLD, at most EVAL_MAX_DETECTIONS = COCO's 100 per image), then COCO's numbers
-(models/detection_metrics.py: mAP@[.50:.95], AP50, AP75, size buckets, AR, per-class AP) with the
+(models/detection/metrics.py: mAP@[.50:.95], AP50, AP75, size buckets, AR, per-class AP) with the
 crowd regions matched as ignore. predictions.jsonl holds one line per image: id, source, boxes
 (rel_xyxy), scores, classes (ids and names), and the true boxes.
 
@@ -131,7 +131,7 @@ def per_image(detections: Mapping[str, np.ndarray]) -> list[dict]:
 
 def coco_metrics(test: dict, found: Sequence[dict], class_names: Sequence[str], image_size: Sequence[int]):
     """CocoMetrics of per-image detections against the test split's boxes (crowd regions as ignore)."""
-    from models.detection_metrics import CocoEvaluator
+    from models.detection.metrics import CocoEvaluator
 
     evaluator = CocoEvaluator(class_names)
     for i, detection in enumerate(found):
@@ -170,7 +170,7 @@ def write_predictions(path: Path, test: dict, found: Sequence[dict], class_names
 def side_by_side(evaluations: Mapping[str, str | Path]) -> str:
     """An HTML table putting several evaluations (name -> ModelEvaluation dir or metrics.json)
     side by side: the COCO numbers and per-class AP, one column per method."""
-    from components.detection_report import side_by_side_table
+    from components.tasks.detection_report import side_by_side_table
 
     metrics = {}
     for name, path in evaluations.items():
@@ -198,7 +198,7 @@ class DetectionTask(TaskAdapter):
         return keras_replica_loss(model, loss, x, {"boxes": y["boxes"], "labels": y["labels"]}, training, num_replicas)
 
     def sample_grid_png(self, model, inputs, targets, class_names):
-        from components.sample_grids import boxes_grid_png
+        from components.reports.sample_grids import boxes_grid_png
 
         images = np.asarray(inputs, np.float32)
         found = per_image(detect_batches(model, images, EVAL_MAX_DETECTIONS))
@@ -212,7 +212,7 @@ class DetectionTask(TaskAdapter):
 
     # evaluation ----------------------------------------------------------------------------------
     def known_metrics(self, evaluate_section) -> list:
-        from components.detection_report import SUMMARY_ROWS
+        from components.tasks.detection_report import SUMMARY_ROWS
 
         return [name for name, _ in SUMMARY_ROWS]
 
@@ -222,8 +222,8 @@ class DetectionTask(TaskAdapter):
         return test
 
     def evaluate(self, model, test, schema, evaluate_section, out_dir) -> Evaluation:
-        from components.detection_report import detection_sections, pr_curves
-        from components.sample_grids import boxes_grid_png
+        from components.tasks.detection_report import detection_sections, pr_curves
+        from components.reports.sample_grids import boxes_grid_png
 
         class_names = schema["class_names"]
         images = self.decode_inputs(test["encoded"], schema)
@@ -257,7 +257,7 @@ class DetectionTask(TaskAdapter):
 
     def comparison_sections(self, trials: dict) -> list:
         """The trials' COCO numbers and per-class AP side by side, with their stage and training time."""
-        from components.detection_report import side_by_side_table
+        from components.tasks.detection_report import side_by_side_table
 
         metrics = {name: t["metrics"] for name, t in trials.items() if t.get("metrics")}
         if not metrics:
@@ -300,7 +300,7 @@ class DetectionTask(TaskAdapter):
         number of detections and the same classes (else ExportMismatch); returned per signature,
         the largest |difference| of box coordinates and scores."""
         from components.serving import decode_images
-        from components.serving_probe import run_in_fresh_process
+        from components.serving.probe import run_in_fresh_process
 
         encoded = [p.read_bytes() for p in sorted(Path(probe_dir).glob("*")) if p.is_file()]
         if not encoded:

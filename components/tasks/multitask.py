@@ -1,7 +1,7 @@
-"""Multitask: one backbone, several heads (models/multitask.py), trained by one weighted loss.
+"""Multitask: one backbone, several heads (models/multitask/network.py), trained by one weighted loss.
 
 Training. The model is the `multitask` builder with `train.multitask`'s heads, weighting and
-static weights (models/multitask_training.builder_params); the loss is MultitaskLoss (per-head
+static weights (models/multitask/training.py); the loss is MultitaskLoss (per-head
 masked means added by the model's TaskWeighting, whose learned s_i train with the model). The
 schedule (`joint`, `alternating`, `consecutive`) speaks through the loss's `active` mask, set
 before every step by this task's TrainingHooks; a consecutive schedule runs the sum of its
@@ -37,137 +37,17 @@ from typing import Sequence
 
 import numpy as np
 
-from components.sample_grids import multitask_grid_png
+from components.reports.sample_grids import multitask_grid_png
 from components.tasks import multitask_report as report
 from components.tasks import multitask_scores as scores
 from components.tasks.base import PREDICTIONS_FILE, Evaluation, ExportMismatch, TaskAdapter, TrainingHooks
+from components.tasks.multitask_schedule import (MultitaskHooks, ScheduledLoss, evaluation_epochs, heads_of, phase_ends,
+                                                 schedule_of)
 
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
 BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
-EPOCH_EVALUATIONS = 10
-"""Roughly how many times a trial evaluates every head on the eval split (see evaluation_epochs)."""
-
-
-# ------------------------------------------------------------------------------------------------
-# train.multitask -> heads, schedule, phases
-# ------------------------------------------------------------------------------------------------
-def heads_of(model_section, train_section) -> list[str]:
-    """The heads a trial builds: train.multitask.heads, else model.params.heads."""
-    from models.multitask_training import builder_params
-
-    multitask = train_section.multitask
-    heads = builder_params(model_section.params, multitask.heads).get("heads", ["classification"])  # the builder's default
-    return [heads] if isinstance(heads, str) else list(heads)
-
-
-def _only(mapping: dict, heads: Sequence[str]) -> dict:
-    """A sweep's trials share ratio / epochs_per_task; each keeps the entries of its own heads."""
-    return {key: value for key, value in mapping.items() if key in heads}
-
-
-def schedule_of(train_section, heads: Sequence[str]):
-    """The MultitaskSchedule of train.multitask over `heads` (a task missing from epochs_per_task
-    trains for train.epochs // number of heads in a consecutive schedule)."""
-    from models.multitask_training import make_schedule
-
-    multitask = train_section.multitask
-    return make_schedule(multitask.schedule, heads, _only(multitask.ratio, heads),
-                         _only(multitask.epochs_per_task, heads), max(1, train_section.epochs // len(heads)))
-
-
-def evaluation_epochs(train_section, heads: Sequence[str], evaluations: int = EPOCH_EVALUATIONS) -> set:
-    """Epochs after which every head is evaluated on the eval split: about `evaluations` of them
-    evenly spread, every consecutive phase end (and its would-be ends in other schedules, for
-    forgetting) and the last epoch. Detection AP costs seconds per evaluation on a CPU, so not
-    every epoch."""
-    total = schedule_of(train_section, heads).epochs(train_section.epochs)
-    every = max(1, round(total / evaluations))
-    chosen = {epoch for epoch in range(1, total + 1) if epoch % every == 0}
-    return chosen | {min(end, total) for end in phase_ends(train_section, heads).values()} | {total}
-
-
-def phase_ends(train_section, heads: Sequence[str]) -> dict:
-    """Task -> the epoch that ends its consecutive phase; for the other schedules the epochs where
-    those phases would end, so their forgetting is measured at the same points."""
-    from models.multitask_training import consecutive_phases
-
-    multitask = train_section.multitask
-    phases = consecutive_phases(heads, _only(multitask.epochs_per_task, heads), max(1, train_section.epochs // len(heads)))
-    return {phase.task: phase.last_epoch for phase in phases}
-
-
-# ------------------------------------------------------------------------------------------------
-# the loss the loop calls, and the hooks that drive the schedule
-# ------------------------------------------------------------------------------------------------
-class ScheduledLoss:
-    """The trial's MultitaskLoss. Training reads the schedule's `active` mask (set by the hooks);
-    `for_evaluation()` is the twin with every head active, so val_loss means the same in every
-    schedule and at every step."""
-
-    def __init__(self, loss, every_head: bool = False):
-        self.loss = loss
-        self.every_head = every_head
-
-    def total_and_head_losses(self, targets, outputs):
-        active = np.ones(len(self.loss.heads), np.float32) if self.every_head else None
-        return self.loss.total_and_head_losses(targets, outputs, active=active)
-
-    def for_evaluation(self) -> "ScheduledLoss":
-        return ScheduledLoss(self.loss, every_head=True)
-
-    @property
-    def variables(self) -> list:
-        """State of the heads' own losses (automated focal's running mean), saved in backups."""
-        found = []
-        for loss in (self.loss.classification_loss, self.loss.segmentation_loss):
-            found.extend(getattr(loss, "variables", None) or [])
-        return found
-
-
-class MultitaskHooks(TrainingHooks):
-    """Sets the schedule's active heads before each step; after each epoch, the task weights for
-    the epoch's row, and after each of `evaluate_at` every head's metrics on the eval split."""
-
-    def __init__(self, model, loss: ScheduledLoss, schedule, eval_data=None, evaluate_at=()):
-        self.model, self.loss, self.schedule, self.eval_data = model, loss, schedule, eval_data
-        self.evaluate_at = set(evaluate_at)
-        self.active = None
-        self.phase = ""
-        self.eval_split = None
-        config = model.head_config
-        self.class_names = [str(k) for k in range(config.get("classification", config.get("detection", {})).get(
-            "num_classes", 1))]
-
-    def before_step(self, epoch: int, global_step: int) -> None:
-        active = self.schedule.active(epoch, global_step)
-        if self.active is None or not np.array_equal(active, self.active):
-            self.loss.loss.set_active(active)
-            self.active = active
-            self.phase = "+".join(head for head, on in zip(self.model.heads, active) if on)
-
-    def loss_phase(self) -> str:
-        """The heads trained in this step: a head's loss is only compared with its own."""
-        return self.phase
-
-    def end_of_epoch(self, epoch: int) -> dict:
-        weighting = self.model.task_weighting
-        row = {f"task_weight_{head}": value for head, value in weighting.task_weights().items()}
-        row.update({f"log_variance_{head}": value for head, value in weighting.log_variances().items()})
-        if self.eval_data is not None and epoch in self.evaluate_at:
-            if self.eval_split is None:
-                self.eval_split = scores.targets_from_batches(self.eval_data(), self.model.head_config["image_shape"])
-            images, targets = self.eval_split
-            outputs = scores.predict(self.model, images, self.class_names)
-            metrics, _ = scores.score_heads(outputs, targets, self.class_names, self.model.head_config["image_shape"],
-                                            regression_target=self._regression_target())
-            row.update({f"val_{name}": metrics[name] for name in scores.EPOCH_METRICS
-                        if not math.isnan(metrics.get(name, math.nan))})
-        return row
-
-    def _regression_target(self) -> str:
-        return self.model.head_config.get("regression", {}).get("target", "count")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,15 +61,15 @@ class MultitaskTask(TaskAdapter):
     # training ------------------------------------------------------------------------------------
     def builder_params(self, model_section, train_section) -> dict:
         """`model.params` with train.multitask's heads, weighting and weights applied
-        (models/multitask_training.builder_params)."""
-        from models.multitask_training import builder_params
+        (models/multitask/training.py)."""
+        from models.multitask.training import builder_params
 
         multitask = train_section.multitask
         return builder_params(model_section.params, multitask.heads, multitask.weighting, multitask.weights)
 
     def build_model_and_loss(self, model_section, train_section, input_shape, num_classes):
         from models import build_model
-        from models.multitask_losses import MultitaskLoss
+        from models.multitask.losses import MultitaskLoss
 
         multitask = train_section.multitask
         params = self.builder_params(model_section, train_section)
@@ -350,7 +230,7 @@ class MultitaskTask(TaskAdapter):
         """Both signatures in a fresh process against the Keras model's post-processed outputs:
         the largest difference over every float output; class names and detection counts must match."""
         from components.serving import decode_images
-        from components.serving_probe import run_in_fresh_process
+        from components.serving.probe import run_in_fresh_process
 
         encoded = [p.read_bytes() for p in sorted(Path(probe_dir).glob("*")) if p.is_file()]
         if not encoded:

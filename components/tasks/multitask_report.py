@@ -2,7 +2,7 @@
 eval metrics per epoch with the schedule's phases, forgetting, sample predictions, and the
 comparison of a sweep's trials (schemes) head by head.
 
-HTML fragments and PNGs for components/report.py's page (matplotlib, Agg), from metrics.json and
+HTML fragments and PNGs for components/reports/html.py's page (matplotlib, Agg), from metrics.json and
 history.json as the multitask adapter writes them: `task_weight_<head>` (the multiplier on L_i:
 w_i, exp(-s_i) or ½·exp(-s_i)) and `log_variance_<head>` (s_i) per epoch, `val_<head>_<metric>`
 per epoch on the eval split.
@@ -13,7 +13,7 @@ import html
 import math
 from typing import Mapping, Optional, Sequence
 
-from components.report import _png, _pyplot, image_html, table_html
+from components.reports.html import _png, _pyplot, image_html, table_html
 from components.tasks.multitask_scores import HEADLINE, headline
 
 COLOURS = {"classification": "tab:blue", "segmentation": "tab:orange", "detection": "tab:green",
@@ -109,7 +109,7 @@ def forgetting_html(rows: Sequence[Mapping], schedule: str) -> str:
 
 
 def per_class_tables(details: Mapping) -> list[tuple[str, str]]:
-    from components.report import confusion_matrix_png
+    from components.reports.html import confusion_matrix_png
 
     sections = []
     if "classification" in details:

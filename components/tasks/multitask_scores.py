@@ -45,7 +45,7 @@ def headline(head: str) -> str:
 
 def metric_names(top_k: int) -> list[str]:
     """Every scalar name `score_heads` may write (for evaluate.metric / thresholds checks)."""
-    from components.classification_metrics import metric_names as classification_names
+    from components.tasks.classification_metrics import metric_names as classification_names
 
     names = [f"classification_{n}" for n in classification_names(top_k)]
     names += ["segmentation_mean_iou", "segmentation_pixel_accuracy"]
@@ -141,8 +141,8 @@ def postprocess(outputs: Mapping, head_config: Mapping, class_names: Sequence[st
     regression_values [B, R]."""
     import tensorflow as tf
 
-    from models.multitask import detection_anchors, one_stage_outputs
-    from models.one_stage_detector import decode_detections
+    from models.multitask.network import detection_anchors, one_stage_outputs
+    from models.detection.one_stage import decode_detections
 
     result = {}
     for head in head_config["heads"]:
@@ -196,9 +196,9 @@ def score_heads(outputs: Mapping, targets: Mapping, class_names: Sequence[str], 
                 top_k: int = 2, regression_target: str = "count") -> tuple[dict, dict]:
     """(metrics, details): flat `<head>_<name>` floats for every head (NaN where not measured) and
     `mean_head_score`; details per head (per-class tables, confusion matrices)."""
-    from components.classification_metrics import classification_metrics
-    from models.detection_metrics import CocoEvaluator
-    from models.segmentation_metrics import segmentation_scores
+    from components.tasks.classification_metrics import classification_metrics
+    from models.detection.metrics import CocoEvaluator
+    from models.segmentation.metrics import segmentation_scores
 
     heads, has = heads_of(outputs), targets["has"]
     metrics = {name: math.nan for name in metric_names(top_k) if not name.startswith(("forgetting_", "mean_"))}
@@ -245,7 +245,7 @@ def score_heads(outputs: Mapping, targets: Mapping, class_names: Sequence[str], 
 def forgetting_rows(history: Mapping, phase_ends: Mapping[str, int]) -> list[dict]:
     """Per head: its headline metric on the eval split at the end of its phase and at the end of
     training, and the forgetting (models/multitask_training.forgetting: positive = got worse)."""
-    from models.multitask_training import forgetting
+    from models.multitask.training import forgetting
 
     epochs = list(history.get("epoch") or [])
     rows = []

@@ -5,10 +5,10 @@ they include the background as class 0). Mask pixels equal to the schema's `igno
 255 from a mask_folder source; the synthetic source has none) count in neither loss nor metrics.
 
 Training logs pixel accuracy per step (per example, averaged over examples). Evaluation counts
-every test pixel into one confusion matrix (models/segmentation_metrics.py) and reports mean IoU,
+every test pixel into one confusion matrix (models/segmentation/metrics.py) and reports mean IoU,
 per-class IoU, pixel accuracy and the per-pixel cross-entropy; predictions.jsonl holds each
 example's own IoU. The report shows a per-class IoU table, the pixel confusion matrix and a grid
-of image / true mask / predicted mask overlays (components/mask_pictures.py).
+of image / true mask / predicted mask overlays (components/reports/mask_pictures.py).
 
 SavedModel signatures:
   serving_default(image_bytes: string [batch])  encoded images of one size (PNG/JPEG/GIF/BMP),
@@ -103,7 +103,7 @@ def pixel_crossentropy(masks: np.ndarray, probabilities: np.ndarray, ignore: Opt
 
 def example_scores(mask: np.ndarray, predicted: np.ndarray, num_classes: int, ignore: Optional[int]) -> dict:
     """One example's mean IoU (over the classes in its truth or prediction) and pixel accuracy."""
-    from models.segmentation_metrics import segmentation_scores
+    from models.segmentation.metrics import segmentation_scores
 
     scores = segmentation_scores(mask, predicted, num_classes, ignore)
     return {"iou": scores["mean_iou"], "pixel_accuracy": scores["pixel_accuracy"]}
@@ -112,7 +112,7 @@ def example_scores(mask: np.ndarray, predicted: np.ndarray, num_classes: int, ig
 def segmentation_metrics(masks: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str],
                          ignore: Optional[int]) -> dict:
     """Scores of the whole split from one confusion matrix, JSON-ready (undefined IoU -> null)."""
-    from models.segmentation_metrics import segmentation_scores
+    from models.segmentation.metrics import segmentation_scores
 
     num_classes = len(class_names)
     scores = segmentation_scores(np.asarray(masks), probabilities.argmax(-1), num_classes, ignore)
@@ -188,7 +188,7 @@ class SegmentationTask(TaskAdapter):
         return {"pixel_accuracy": tf.reduce_sum(per_example)}
 
     def sample_grid_png(self, model, inputs, targets, class_names):
-        from components.sample_grids import mask_grid_png
+        from components.reports.sample_grids import mask_grid_png
 
         inputs = np.asarray(inputs)
         predicted = pixel_probabilities(model, inputs).argmax(-1)
@@ -236,9 +236,9 @@ class SegmentationTask(TaskAdapter):
                 }) + "\n")
 
     def report_sections(self, metrics: dict, samples: dict) -> list:
-        from components.mask_pictures import legend_html
-        from components.report import confusion_matrix_png, image_html, metrics_sections, table_html
-        from components.sample_grids import mask_grid_png
+        from components.reports.mask_pictures import legend_html
+        from components.reports.html import confusion_matrix_png, image_html, metrics_sections, table_html
+        from components.reports.sample_grids import mask_grid_png
 
         class_names = metrics["class_names"]
         rows = [(name, "n/a" if v["iou"] is None else v["iou"], v["true_pixels"], v["predicted_pixels"])
@@ -306,7 +306,7 @@ class SegmentationTask(TaskAdapter):
         argmax (except where its two best classes tie within TIE_MARGIN); returns the max |difference|
         of probabilities per signature."""
         from components.serving import decode_images
-        from components.serving_probe import run_in_fresh_process
+        from components.serving.probe import run_in_fresh_process
 
         encoded = [p.read_bytes() for p in sorted(Path(probe_dir).glob("*")) if p.is_file()]
         if not encoded:

@@ -106,7 +106,7 @@ class VideoTask(ClassificationTask):
     def comparison_sections(self, trials: dict) -> list:
         """The fusion models side by side: test accuracy, parameters and training time per epoch,
         most accurate first, with why a single frame cannot solve the task."""
-        from components.report import table_html
+        from components.reports.html import table_html
 
         rows = []
         for name, t in trials.items():
@@ -124,7 +124,7 @@ class VideoTask(ClassificationTask):
         return [("Fusion models side by side (test split)", ABOUT + table)]
 
     def evaluate(self, model, test, schema, evaluate_section, out_dir) -> Evaluation:
-        from components.classification_metrics import classification_metrics
+        from components.tasks.classification_metrics import classification_metrics
 
         class_names = schema["class_names"]
         clips = decode_clips(test["encoded"], schema["image_size"])
@@ -202,7 +202,7 @@ class VideoTask(ClassificationTask):
         return archive
 
     def check_export(self, saved_model, model, probe_dir, info, scratch) -> dict:
-        from components.serving_probe import run_in_fresh_process
+        from components.serving.probe import run_in_fresh_process
 
         num_frames = int(info["input_shape"][0])
         clip_dirs = sorted(p for p in Path(probe_dir).iterdir() if p.is_dir())

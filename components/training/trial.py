@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from components.model_artifact import HISTORY_FILE, MODEL_FILE, TRIAL_FILE
+from components.training.model_artifact import HISTORY_FILE, MODEL_FILE, TRIAL_FILE
 
 
 @dataclass
@@ -35,13 +35,6 @@ class TrialSpec:
     @classmethod
     def from_json(cls, text: str) -> "TrialSpec":
         return cls(**json.loads(text))
-
-
-def monitor_for(evaluate_metric: str, has_eval: bool, computed: tuple = ("accuracy",)) -> str:
-    """The metric that picks the best epoch: the evaluation metric on the eval split when training
-    computes it (`computed`), else the eval loss (or the train loss when there is no eval split)."""
-    prefix = "val_" if has_eval else ""
-    return prefix + (evaluate_metric if evaluate_metric in computed else "loss")
 
 
 def trial_params(config, batch_size: int, steps_per_epoch: int, placement, policy: str, jit: bool) -> dict:

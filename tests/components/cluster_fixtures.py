@@ -32,7 +32,7 @@ EXAMPLES_STAGE = Stage(name="augment", outputs={"examples": "Examples"}, executo
 
 
 def stages() -> list:
-    from components.train import STAGE
+    from components.train.stage import STAGE
 
     return [EXAMPLES_STAGE, STAGE]
 
@@ -52,7 +52,7 @@ class FrozenCodeRunner:
         pipeline.runner.Runner = Runner
 
 
-CHIEF_MAIN = ("import sys; from pipeline.cli import main; from tests.components.cluster_fixtures import "
+CHIEF_MAIN = ("import sys; from convpipe.cli import main; from tests.components.cluster_fixtures import "
               "FrozenCodeRunner, stages; FrozenCodeRunner.install(); sys.exit(main(sys.argv[1:], stages=stages()))")
 
 
@@ -93,7 +93,7 @@ class Cluster:
         chief = self._spawn(f"chief-{attempt}", [sys.executable, "-c", CHIEF_MAIN, "run", *common],
                             self._env(0, ports))
         worker_env = dict(self._env(1, ports), TMPDIR=str(self.worker_tmp))
-        worker = self._spawn(f"worker-{attempt}", [sys.executable, "-m", "pipeline.cli", "train-worker", *common,
+        worker = self._spawn(f"worker-{attempt}", [sys.executable, "-m", "convpipe.cli", "train-worker", *common,
                                                    "--timeout", "120"], worker_env)
         return chief, worker
 

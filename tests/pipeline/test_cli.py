@@ -5,7 +5,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pipeline import cli
+from convpipe import cli
 from pipeline.config import ConfigError, PipelineConfig
 from tests.pipeline.conftest import REPO
 from tests.pipeline.fake_stages import FAIL, STAGES
@@ -181,7 +181,7 @@ def test_tensorboard_points_at_the_runs_logdir(capsys, monkeypatch, tmp_path):
 
 
 def test_runs_counts_a_sweeps_trials_in_one_word_per_stage():
-    from pipeline.cli import stage_words
+    from pipeline.history import stage_words
 
     stages = [{"stage": "ingest", "state": "CACHED"}] + [{"stage": "train", "state": state} for state in
                                                           ("COMPLETE", "CACHED", "CACHED", "FAILED")]

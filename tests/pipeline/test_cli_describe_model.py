@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline import cli
+from convpipe import cli
 from tests.models.test_describe import assert_sizes_match_keras
 from tests.pipeline.conftest import REPO
 

@@ -69,9 +69,9 @@ def test_two_runs_at_once_fake_stages(tmp_path, subprocess_env):
 
 @pytest.mark.slow
 def test_two_real_convpipe_runs_at_once(tmp_path, subprocess_env):
-    """`python -m pipeline.cli run` twice on a tiny real pipeline (synthetic data, ingest and validate)."""
+    """`python -m convpipe.cli run` twice on a tiny real pipeline (synthetic data, ingest and validate)."""
     root = tmp_path / "root"
-    runs = start_both([PYTHON, "-m", "pipeline.cli"], TINY_REAL_RUN, root, subprocess_env)
+    runs = start_both([PYTHON, "-m", "convpipe.cli"], TINY_REAL_RUN, root, subprocess_env)
     try:
         results = [(r, *r.communicate(timeout=300)) for r in runs]
     finally:

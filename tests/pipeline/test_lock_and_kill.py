@@ -15,7 +15,7 @@ from tests.pipeline.conftest import PYTHON
 # A child that runs the fake pipeline through the real CLI.
 CHILD = textwrap.dedent("""
     import sys
-    from pipeline import cli
+    from convpipe import cli
     from tests.pipeline.fake_stages import STAGES
     sys.exit(cli.main(sys.argv[1:], stages=STAGES))
 """)

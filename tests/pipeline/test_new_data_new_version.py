@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from convpipe.cli import main
 from tests.components.classification_fixtures import TINY_CNN
 
 CLASSES = ("blue", "red")

@@ -5,7 +5,8 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.metadata import MetadataStore
-from pipeline.runner import Runner, cache_key
+from pipeline.cache import cache_key
+from pipeline.runner import Runner
 from pipeline.stage import Artifact, Stage
 from tests.pipeline import fake_stages
 from tests.pipeline.fake_stages import CALLS, FAIL, STAGES

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli, schedule
+from convpipe import cli
+from pipeline import schedule
 from pipeline.cron import CronExpression
 from pipeline.lock import RootLock
 from pipeline.metadata import MetadataStore
@@ -149,7 +150,7 @@ def test_fire_runs_the_pipeline_and_a_held_lock_is_a_skip(tmp_path, subprocess_e
 
 @pytest.mark.slow
 def test_once_runs_convpipe_run_on_a_tiny_real_config(tmp_path, subprocess_env, monkeypatch, capsys):
-    """`convpipe schedule --once` through `python -m pipeline.cli run`: synthetic data, ingest and validate."""
+    """`convpipe schedule --once` through `python -m convpipe.cli run`: synthetic data, ingest and validate."""
     for key, value in subprocess_env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
@@ -162,7 +163,7 @@ def test_once_runs_convpipe_run_on_a_tiny_real_config(tmp_path, subprocess_env, 
         assert [(e.stage, e.state) for e in store.executions(run.id)] == [("ingest", "COMPLETE"), ("validate", "COMPLETE")]
         assert run.argv[:2] == ["convpipe", "run"] and "--to" in run.argv
     log = (tmp_path / "root" / "logs" / "schedule.log").read_text()
-    assert "pipeline.cli run --set ingest.source.num_examples=24" in log and "run finished (exit 0)" in log
+    assert "convpipe.cli run --set ingest.source.num_examples=24" in log and "run finished (exit 0)" in log
 
 
 # --------------------------------------------------------------------------------- service
@@ -225,7 +226,7 @@ def test_sigterm_stops_the_service_and_the_running_firing_records_failed(tmp_pat
 def test_convpipe_schedule_process_stops_cleanly_on_sigterm(tmp_path, subprocess_env):
     """The command as a service would run it: idle until its next firing, then SIGTERM."""
     root = tmp_path / "root"
-    service = subprocess.Popen([PYTHON, "-m", "pipeline.cli", "schedule", "--cron", "0 0 1 1 *", "--root", str(root)],
+    service = subprocess.Popen([PYTHON, "-m", "convpipe.cli", "schedule", "--cron", "0 0 1 1 *", "--root", str(root)],
                                env=subprocess_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = root / "logs" / "schedule.log"
     deadline = time.monotonic() + 60
@@ -236,7 +237,7 @@ def test_convpipe_schedule_process_stops_cleanly_on_sigterm(tmp_path, subprocess
     out, err = service.communicate(timeout=60)
     assert service.returncode == 0, err
     lines = [line.split(": ", 1)[1] for line in log.read_text().splitlines()]
-    assert lines[0].startswith(f"scheduled: {PYTHON} -m pipeline.cli run --root {root}; next run at ")
+    assert lines[0].startswith(f"scheduled: {PYTHON} -m convpipe.cli run --root {root}; next run at ")
     assert "-01-01 00:00:00" in lines[0].split("next run at ")[1]
     assert lines[1:] == ["SIGTERM: stopping", "stopped"]
 
@@ -276,7 +277,7 @@ def test_readme_shows_what_print_prints(capsys, tmp_path, monkeypatch):
 
 
 def test_readme_airflow_dag_runs_one_stage_per_task():
-    from components import STAGE_ORDER
+    from convpipe.stages import STAGE_ORDER
 
     [dag] = [block for block in _readme_blocks("python") if "BashOperator" in block]
     source = dag.split("\nwith DAG")[0].replace("from airflow", "# from airflow")   # Airflow is not installed here

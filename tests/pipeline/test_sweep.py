@@ -276,7 +276,7 @@ def test_a_failing_child_is_recorded_and_its_siblings_finish(tmp_path, calls, mo
 
 CLI_CHILD = textwrap.dedent("""
     import sys
-    from pipeline import cli
+    from convpipe import cli
     from tests.pipeline.fake_sweep_stages import STAGES
     sys.exit(cli.main(sys.argv[1:], stages=STAGES))
 """)

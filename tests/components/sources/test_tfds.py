@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from components import examples as ex
-from components import ingest
+from components.ingest import stage as ingest
 from components.sources.tfds import Reader, TfdsDataMissing
 from pipeline.config import IngestSection, TfdsSource, parse_config
 from pipeline.stage import ExecutionContext

@@ -178,7 +178,7 @@ def test_missing_root_is_a_clear_error(tmp_path):
 # through ingest: bad clips land in the dead-letter file with their paths
 # ------------------------------------------------------------------------------------------------
 def test_ingest_sends_truncated_gif_and_gapped_folder_to_dead_letters(dataset, tmp_path):
-    from components.ingest import run_ingest
+    from components.ingest.stage import run_ingest
     from pipeline.config import parse_config
     from pipeline.stage import ExecutionContext
 

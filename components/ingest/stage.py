@@ -1,0 +1,346 @@
+"""ingest: a Beam pipeline from a source to an Examples artifact.
+
+    source items --read--> records --resize, encode, decode again, check--> (split, Example)
+        -> gzip TFRecord shards per split, schema.json, stats.json, dead_letter.jsonl
+
+Every record is encoded, decoded again and checked before it is written: a corrupt record inside a
+shard would cost the rest of that shard at read time (tf.data's `ignore_errors`). Items and records
+that fail go to dead_letter.jsonl with the reason (Beam's `with_exception_handling`), and the stage
+fails only when their share passes `ingest.max_bad_fraction`. The split is a hash of the example
+id, so a rerun puts every example in the same split. All outputs are written through Beam's file
+sinks and the transforms are pure, so `beam.args` can move this to Flink, Spark or Dataflow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import apache_beam as beam
+import numpy as np
+
+from components import examples as ex
+from components.ingest import stats as stats_lib
+from components.examples.ordered_shards import WriteOrderedShards
+from components.sources import SOURCE_MODULES, make_reader
+from pipeline import beam as beam_lib
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.stage import ExecutionContext, Stage, StageError
+
+PROGRESS_EVERY = 1000
+"""Log a progress line every this many records per worker."""
+FIRST_REASONS = 5
+"""Dead-letter reasons quoted in the error when the stage fails."""
+
+
+# ------------------------------------------------------------------------------------------------
+# pure per-record functions (they run on Beam workers)
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RecordRules:
+    """What a record must look like for this ingest (task, label ranges, size), and how to split."""
+    task: str
+    num_classes: int
+    num_mask_classes: int
+    ignore_value: Optional[int]
+    image_size: Optional[tuple[int, int]]
+    image_format: str
+    split_bounds: tuple[float, float]
+    """Cumulative fractions: hash < bounds[0] -> train, < bounds[1] -> eval, else test."""
+
+
+def split_of(example_id: str, bounds: tuple[float, float]) -> str:
+    """A stable split from the id alone: the first 8 bytes of its SHA-256 as a fraction of 2**64."""
+    fraction = int.from_bytes(hashlib.sha256(example_id.encode()).digest()[:8], "big") / 2.0 ** 64
+    return "train" if fraction < bounds[0] else "eval" if fraction < bounds[1] else "test"
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    from PIL import Image
+
+    if pixels.shape[:2] == tuple(size):
+        return pixels
+    squeeze = pixels.ndim == 3 and pixels.shape[-1] == 1
+    image = Image.fromarray(pixels[..., 0] if squeeze else pixels)
+    resized = np.asarray(image.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR))
+    return resized[..., None] if squeeze else resized
+
+
+def resize_record(record: dict, size: tuple[int, int]) -> dict:
+    """Pixels to `size` (bilinear), masks by nearest neighbour (no new class ids); normalised boxes stay."""
+    record = dict(record)
+    if "frames" in record:
+        record["frames"] = np.stack([_resize(np.asarray(f), size) for f in record["frames"]])
+    if "image" in record:
+        record["image"] = _resize(np.asarray(record["image"]), size)
+    if "mask" in record:
+        record["mask"] = _resize(np.asarray(record["mask"], np.uint8), size, nearest=True)
+    return record
+
+
+_REQUIRED = {
+    "classification": ("image", "label"),
+    "segmentation": ("image", "mask"),
+    "detection": ("image", "boxes"),
+    "multitask": ("image",),
+    "video": ("frames", "label"),
+}
+
+
+def check_record(record: dict, rules: RecordRules) -> None:
+    """Raise RecordError naming the field when a decoded record breaks the task's rules."""
+    name = record.get("id", "?")
+    for key in _REQUIRED[rules.task]:
+        if key not in record:
+            raise ex.RecordError(f"{name}: task {rules.task} needs '{key}', the record has {sorted(record)}")
+    if "label" in record and not 0 <= record["label"] < rules.num_classes:
+        raise ex.RecordError(f"{name}: label expected in [0, {rules.num_classes}), got {record['label']}")
+    if "boxes" in record:
+        boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+        bad = ~np.isfinite(boxes).all(axis=1) | (boxes < 0).any(axis=1) | (boxes > 1).any(axis=1) \
+            | (boxes[:, 0] >= boxes[:, 2]) | (boxes[:, 1] >= boxes[:, 3])
+        if bad.any():
+            raise ex.RecordError(f"{name}: box {int(np.argmax(bad))} expected xmin<xmax, ymin<ymax inside [0, 1], "
+                                 f"got {boxes[np.argmax(bad)].tolist()}")
+        labels = np.asarray(record["box_labels"])
+        if len(labels) and not ((labels >= 0) & (labels < rules.num_classes)).all():
+            raise ex.RecordError(f"{name}: box labels expected in [0, {rules.num_classes}), got {labels.tolist()}")
+    if "mask" in record:
+        values = np.unique(record["mask"])
+        outside = [int(v) for v in values if v >= rules.num_mask_classes and v != rules.ignore_value]
+        if outside:
+            raise ex.RecordError(f"{name}: mask ids expected in [0, {rules.num_mask_classes})"
+                                 f"{'' if rules.ignore_value is None else f' or {rules.ignore_value}'}, got {outside}")
+    pixels = record["frames"] if "frames" in record else record["image"]
+    if rules.image_size is not None and tuple(pixels.shape[-3:-1]) != tuple(rules.image_size):
+        raise ex.RecordError(f"{name}: size expected {list(rules.image_size)}, got {list(pixels.shape[-3:-1])}")
+
+
+def prepare(record: dict, rules: RecordRules) -> tuple[str, bytes, dict]:
+    """record -> (split, serialized Example, summary for stats), after a full decode round trip."""
+    if rules.image_size is not None:
+        record = resize_record(record, rules.image_size)
+    serialized = ex.encode_example(record, rules.image_format)
+    decoded = ex.decode_example(serialized)
+    if decoded["id"] != str(record["id"]):
+        raise ex.RecordError(f"{record['id']}: id did not survive encoding (decoded {decoded['id']!r})")
+    original = record["frames"] if "frames" in record else record["image"]
+    original = np.asarray(original)
+    if original.ndim == len(decoded.get("frames", decoded.get("image")).shape) - 1:
+        original = original[..., None]
+    pixels = decoded["frames"] if "frames" in decoded else decoded["image"]
+    if pixels.shape != original.shape:
+        raise ex.RecordError(f"{record['id']}: decoded pixels have shape {pixels.shape}, expected {original.shape}")
+    if rules.image_format == "png" and not np.array_equal(pixels, original):
+        raise ex.RecordError(f"{record['id']}: PNG round trip changed the pixels")
+    check_record(decoded, rules)
+    import tensorflow as tf
+
+    features = list(tf.train.Example.FromString(serialized).features.feature.keys())
+    split = split_of(decoded["id"], rules.split_bounds)
+    return split, serialized, stats_lib.summarize(decoded, split, features)
+
+
+class ReadItem(beam.DoFn):
+    """One source item -> its records; the whole item goes to the dead letter if reading fails."""
+
+    def __init__(self, reader, log: logging.Logger):
+        self.reader = reader
+        self.log = log
+        self.records = beam.metrics.Metrics.counter("ingest", "records_read")
+        self.seen = 0
+
+    def process(self, item):
+        for record in self.reader.read(item):
+            self.records.inc()
+            self.seen += 1
+            if self.seen % PROGRESS_EVERY == 0:
+                self.log.info("ingest: %d records read by this worker", self.seen)
+            yield record
+
+
+def _dead_letter_line(element, error, stage: str) -> str:
+    exc_type, exc_repr, trace = error
+    reason = trace[-1].strip() if trace else exc_repr
+    reason = reason.removeprefix("components.examples.")
+    if isinstance(element, dict):
+        entry = {"item": str(element.get("source") or element.get("id")), "id": str(element.get("id")),
+                 "stage": stage, "reason": reason}
+    else:
+        entry = {"item": element if isinstance(element, (str, int, float)) else str(element), "stage": stage,
+                 "reason": reason}
+    return json.dumps(entry, default=str)
+
+
+def _schema_document(stats: dict, static: dict) -> str:
+    total = stats["total"]
+    sizes = sorted(total["image_sizes"].items(), key=lambda kv: -kv[1])
+    image_size = [int(v) for v in sizes[0][0].split("x")] if sizes else None
+    schema = dict(static)
+    schema["image_size"] = image_size
+    if len(sizes) > 1:
+        schema["image_sizes"] = dict(sizes)  # mixed sizes: validate reports it
+    schema["split_counts"] = {split: stats["splits"].get(split, {}).get("num_examples", 0) for split in ex.SPLITS}
+    schema["features"] = stats["features"]
+    return json.dumps(schema, indent=2, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline
+# ------------------------------------------------------------------------------------------------
+def build(pipeline: beam.Pipeline, reader, items: list, rules: RecordRules, out: Path, *, num_shards: int,
+          static_schema: dict, mask_class_names: list[str], log: logging.Logger) -> None:
+    """Add the ingest transforms to `pipeline`, writing the Examples layout under `out`."""
+    class_names = static_schema["class_names"]
+    read = (pipeline
+            | "ListItems" >> beam.Create(items, reshuffle=False)
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(ReadItem(reader, log)).with_exception_handling())
+    prepared = (read.good
+                | "Check" >> beam.Map(prepare, rules).with_exception_handling())
+
+    bad_reads = read.bad | "ReadReason" >> beam.Map(lambda bad: _dead_letter_line(bad[0], bad[1], "read"))
+    bad_records = prepared.bad | "CheckReason" >> beam.Map(lambda bad: _dead_letter_line(bad[0], bad[1], "check"))
+    (((bad_reads, bad_records) | "AllBad" >> beam.Flatten())
+     | "WriteDeadLetter" >> beam.io.WriteToText(str(out / Path(ex.DEAD_LETTER_FILE).stem), file_name_suffix=".jsonl",
+                                                 shard_name_template="", num_shards=1))
+
+    by_split = prepared.good | "BySplit" >> beam.Partition(lambda row, n: ex.SPLITS.index(row[0]), len(ex.SPLITS))
+    for split, rows in zip(ex.SPLITS, by_split):
+        (rows
+         | f"Serialized[{split}]" >> beam.Map(lambda row: row[1])
+         | f"Write[{split}]" >> WriteOrderedShards(str(out / split / "data"), num_shards))
+
+    stats = (prepared.good
+             | "Summaries" >> beam.Map(lambda row: row[2])
+             | "Combine" >> beam.CombineGlobally(stats_lib.StatsCombineFn())
+             | "Finalize" >> beam.Map(stats_lib.finalize, class_names, mask_class_names))
+    (stats
+     | "StatsJson" >> beam.Map(lambda s: json.dumps(s, indent=2, sort_keys=True))
+     | "WriteStats" >> beam.io.WriteToText(str(out / "stats"), file_name_suffix=".json", shard_name_template="",
+                                           num_shards=1))
+    (stats
+     | "SchemaJson" >> beam.Map(_schema_document, static_schema)
+     | "WriteSchema" >> beam.io.WriteToText(str(out / "schema"), file_name_suffix=".json", shard_name_template="",
+                                            num_shards=1))
+
+
+def _rules(config: PipelineConfig, class_names: list[str], extras: dict) -> RecordRules:
+    ingest = config.ingest
+    if ingest.task == "multitask":
+        num_mask_classes = len(extras.get("mask_class_names", [])) or len(class_names) + 1
+    else:
+        num_mask_classes = len(class_names)
+    splits = ingest.splits
+    return RecordRules(
+        task=ingest.task, num_classes=len(class_names), num_mask_classes=num_mask_classes,
+        ignore_value=extras.get("ignore_value"),
+        image_size=tuple(ingest.image_size) if ingest.image_size else None, image_format=ingest.image_format,
+        split_bounds=(splits.train, splits.train + splits.eval))
+
+
+def _counter(result, name: str) -> Optional[int]:
+    """A Beam counter's committed value (None where the runner does not report metrics)."""
+    try:
+        query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace("ingest").with_name(name))
+        return sum(c.committed or 0 for c in query["counters"])
+    except Exception:  # metrics are best effort on some runners
+        return None
+
+
+def _fail_if_too_bad(out: Path, ingest, log: logging.Logger) -> dict:
+    stats = json.loads((out / ex.STATS_FILE).read_text())
+    lines = (out / ex.DEAD_LETTER_FILE).read_text().splitlines()
+    bad = [json.loads(line) for line in lines if line.strip()]
+    good = stats["total"]["num_examples"]
+    total = good + len(bad)
+    fraction = len(bad) / total if total else 0.0
+    if bad:
+        log.warning("ingest: %d of %d records or items are bad (%.1f%%), listed in %s", len(bad), total,
+                    100 * fraction, ex.DEAD_LETTER_FILE)
+    if total == 0:
+        raise StageError("ingest: the source yielded no records (check ingest.source)")
+    if bad and fraction > ingest.max_bad_fraction:
+        reasons = "\n".join(f"  {b['item']}: {b['reason']}" for b in bad[:FIRST_REASONS])
+        more = f"\n  ... and {len(bad) - FIRST_REASONS} more" if len(bad) > FIRST_REASONS else ""
+        raise StageError(
+            f"ingest: {len(bad)} of {total} records are bad ({fraction:.1%}), more than "
+            f"ingest.max_bad_fraction={ingest.max_bad_fraction:g}; first reasons:\n{reasons}{more}")
+    if good == 0:
+        raise StageError("ingest: no valid records were read; see the reasons above")
+    return {"num_examples": good, "num_bad": len(bad), "bad_fraction": fraction}
+
+
+def run_ingest(ctx: ExecutionContext) -> None:
+    ingest = ctx.config.ingest
+    out = Path(ctx.outputs["examples"])
+    reader = make_reader(ingest.source, ingest)
+    class_names = list(reader.class_names())
+    extras = dict(reader.schema_extras())
+    items = list(reader.list_items())
+    ctx.log.info("ingest: %s source, task %s, %d work items for the Beam workers", ingest.source.name,
+                 ingest.task, len(items))
+    static_schema = {
+        **extras,
+        "task": ingest.task,
+        "class_names": class_names,
+        "image_format": ingest.image_format,
+        "source": ingest.source.model_dump(mode="json"),
+        "source_fingerprint": reader.fingerprint(),
+        "splits": ingest.splits.model_dump(mode="json"),
+    }
+    rules = _rules(ctx.config, class_names, extras)
+    mask_class_names = extras.get("mask_class_names", class_names)
+    pipeline = beam_lib.make_pipeline(ctx.config, job_name=f"ingest-{ctx.execution_id}")
+    build(pipeline, reader, items, rules, out, num_shards=ingest.num_shards, static_schema=static_schema,
+          mask_class_names=mask_class_names, log=ctx.log)
+    try:
+        result = beam_lib.run(pipeline, "ingest", ctx.log)
+    except beam_lib.BeamError as exc:
+        raise StageError(str(exc)) from exc
+    read = _counter(result, "records_read")
+    if read is not None:
+        ctx.log.info("ingest: %d records read from %d items", read, len(items))
+
+    summary = _fail_if_too_bad(out, ingest, ctx.log)
+    schema = ex.read_schema(out)
+    for split in ex.SPLITS:
+        ctx.log.info("ingest: %s: %d records in %d shards", split, schema["split_counts"][split],
+                     len(ex.shard_files(out, split)))
+    ctx.properties["examples"] = {**summary, "split_counts": schema["split_counts"], "task": ingest.task,
+                                  "class_names": class_names}
+
+
+# ------------------------------------------------------------------------------------------------
+# the stage
+# ------------------------------------------------------------------------------------------------
+def _parameters(config: PipelineConfig) -> dict:
+    return config.ingest.model_dump(mode="json")
+
+
+def _check(config: PipelineConfig) -> None:
+    import importlib
+
+    ingest = config.ingest
+    module = importlib.import_module(SOURCE_MODULES[ingest.source.name])
+    tasks = getattr(module, "TASKS", None)
+    if tasks is not None and ingest.task not in tasks:
+        raise ConfigError(f"ingest.task: source '{ingest.source.name}' provides {list(tasks)}, got '{ingest.task}'")
+
+
+def _fingerprint(config: PipelineConfig) -> str:
+    return make_reader(config.ingest.source, config.ingest).fingerprint()
+
+
+STAGE = Stage(
+    name="ingest",
+    outputs={"examples": "Examples"},
+    executor=run_ingest,
+    parameters=_parameters,
+    check=_check,
+    external_fingerprint=_fingerprint,
+    module=__name__,
+)
