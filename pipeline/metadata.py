@@ -159,6 +159,11 @@ class MetadataStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        if not create and self._conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            # The file exists but its creator has not committed the schema yet (another process
+            # opening the store at that moment): to a reader, there is no store yet.
+            self._conn.close()
+            raise FileNotFoundError(f"{self.path}: the metadata store is being created; no run recorded yet")
         if create:
             with self.transaction() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]

@@ -21,61 +21,61 @@ def tree(tmp_path):
         "pipeline/__init__.py": "",
         "pipeline/stage.py": "X = 1\n",
         "components/__init__.py": "STAGE_ORDER = ('ingest', 'train')\n",
-        "components/examples/": "from . import helpers\n",
+        "components/examples.py": "from . import helpers\n",
         "components/helpers.py": "def f():\n    return 1\n",
         "components/unrelated.py": "Y = 2\n",
         "components/sources/__init__.py": "MODULES = {'a': 'components.sources.alpha'}\n",
         "components/sources/alpha.py": "from ..helpers import f\n",
         "components/sources/beta.py": "Z = 3\n",
-        "components/ingest/stage.py": """
+        "components/ingest.py": """
             from pipeline.stage import X
             from components.sources import MODULES
             def run():
                 import components.examples
                 return "train"   # a split name, not the train stage
             """,
-        "components/train/stage.py": "from components import examples\nimport models\n",
+        "components/train.py": "from components import examples\nimport models\n",
         "models/__init__.py": "import importlib\n_REG = ('cnn',)\ndef load(n):\n    importlib.import_module(f'models.{n}')\n",
-        "models/classification/cnn.py": "from .layers.sum import SumPooling\n",
+        "models/cnn.py": "from .layers.sum import SumPooling\n",
         "models/layers/__init__.py": "",
         "models/layers/sum.py": "class SumPooling: pass\n",
-        "models/segmentation/fcn.py": "Q = 1\n",
+        "models/fcn.py": "Q = 1\n",
     })
     return tmp_path
 
 
 def test_closure_follows_every_import_form(tree):
     index = CodeIndex(tree)
-    assert sorted(index.closure("components.ingest.stage")) == [
+    assert sorted(index.closure("components.ingest")) == [
         "components.examples",        # lazy `import` inside a function
         "components.helpers",         # relative `from . import` in examples, `from ..helpers` in alpha
-        "components.ingest.stage",
+        "components.ingest",
         "components.sources",         # package imported for a name defined in its __init__
         "components.sources.alpha",   # named by a full dotted string in sources/__init__
         "pipeline.stage",
     ]
     # `from components import examples` takes the submodule, not the stage list in components/__init__;
-    # `import models` takes models/__init__ and what it loads by name ('cnn' -> models.classification.cnn)
-    assert sorted(index.closure("components.train.stage")) == [
-        "components.examples", "components.helpers", "components.train.stage", "models", "models.classification.cnn",
+    # `import models` takes models/__init__ and what it loads by name ('cnn' -> models.cnn)
+    assert sorted(index.closure("components.train")) == [
+        "components.examples", "components.helpers", "components.train", "models", "models.cnn",
         "models.layers.sum"]
 
 
 def test_version_changes_when_an_imported_helper_changes(tree):
     index = CodeIndex(tree)
-    before = {m: index.version(m) for m in ("components.ingest.stage", "components.train.stage")}
+    before = {m: index.version(m) for m in ("components.ingest", "components.train")}
     (tree / "components/unrelated.py").write_text("Y = 3\n")
     (tree / "components/sources/beta.py").write_text("Z = 4\n")
-    (tree / "models/segmentation/fcn.py").write_text("Q = 2\n")
+    (tree / "models/fcn.py").write_text("Q = 2\n")
     assert {m: index.version(m) for m in before} == before
     helpers = tree / "components/helpers.py"
     helpers.write_text("def f():\n    return 2\n")
     after = {m: index.version(m) for m in before}
-    assert after["components.ingest.stage"] != before["components.ingest.stage"]
-    assert after["components.train.stage"] != before["components.train.stage"]
+    assert after["components.ingest"] != before["components.ingest"]
+    assert after["components.train"] != before["components.train"]
     (tree / "models/layers/sum.py").write_text("class SumPooling:\n    size = 2\n")
-    assert index.version("components.train.stage") != after["components.train.stage"]
-    assert index.version("components.ingest.stage") == after["components.ingest.stage"]
+    assert index.version("components.train") != after["components.train"]
+    assert index.version("components.ingest") == after["components.ingest"]
 
 
 def test_version_is_a_hash_of_names_and_bytes(tree):
