@@ -44,13 +44,14 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from pipeline import artifacts as layout
+from pipeline import database
 from pipeline import metadata as md
 from pipeline import parallel
 from pipeline.sweep import DEFAULT_NAME
 from pipeline.cache import cache_key, canonical_json, explain
 from pipeline.codeversion import stage_code_version
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.lock import RootLock
+from pipeline.lock import run_lock
 from pipeline.metadata import MetadataStore, NewArtifact
 from pipeline.stage import Artifact, ExecutionContext, Stage, StageError, Trials
 
@@ -142,6 +143,13 @@ class Runner:
         for every trial, though the checkout may change while a long sweep runs."""
         if len(self._by_name) != len(self.stages):
             raise ConfigError(f"stage names must be unique, got {[s.name for s in self.stages]}")
+        self.metadata_url = self.config.pipeline.metadata
+        self.root_label = str(self.root)
+        """How this root's runs are named in a shared store."""
+
+    def open_store(self, create: bool = True) -> MetadataStore:
+        """The metadata store of this root: `pipeline.metadata`, else the SQLite file in the root."""
+        return MetadataStore(self.root, create=create, url=self.metadata_url, root_label=self.root_label)
 
     # ------------------------------------------------------------------------------ planning
     def select(self, from_stage: Optional[str], to_stage: Optional[str]) -> tuple[list[Stage], list[Stage]]:
@@ -212,13 +220,17 @@ class Runner:
     # -------------------------------------------------------------------------------- running
     def run(self, from_stage: Optional[str] = None, to_stage: Optional[str] = None, force: bool = False,
             wait: bool = False, locked: bool = False) -> RunResult:
-        """Runs the selected stages; `locked=True` when the caller already holds the root's RootLock."""
+        """Runs the selected stages; `locked=True` when the caller already holds the root's run lock."""
         selected, upstream = self.select(from_stage, to_stage)
         self.check()
-        with (nullcontext() if locked else RootLock(self.root, wait=wait)), MetadataStore(self.root) as store:
+        lock = nullcontext() if locked else run_lock(self.root, self.metadata_url, self.root_label, wait=wait)
+        with lock, self.open_store() as store:
             cleaned = self._recover(store)
             options = {"from": from_stage, "to": to_stage, "force": force}
-            run_id = store.start_run(self.config.to_dict(), self.argv, options)
+            recorded = self.config.to_dict()
+            if self.metadata_url:
+                recorded["pipeline"]["metadata"] = database.shown(self.metadata_url)
+            run_id = store.start_run(recorded, self.argv, options)
             result = RunResult(run_id, md.RUNNING, log_file=layout.log_path(self.root, run_id))
             with _RunLogFile(result.log_file):
                 log.info("run %d on %s: %s", run_id, self.root, ", ".join(s.name for s in selected))
