@@ -335,3 +335,11 @@ class MetadataStore:
             row["code_version"], json.loads(row["inputs"]), row["external_fingerprint"],
             json.loads(row["reason"]), row["reused_execution_id"], row["error"], row["traceback"],
             row["started"], row["ended"], row["trial"])
+
+
+def store_for(root: str | Path, url: Optional[str] = None, create: bool = True) -> MetadataStore:
+    """The store of a root named as the user names it (a path or a URL), for readers such as `convpipe runs`."""
+    from pipeline.filesystem import RemoteRoot, is_url, root_label
+
+    local = RemoteRoot(str(root)).local if is_url(root) else Path(root)
+    return MetadataStore(local, create=create, url=url, root_label=root_label(root))

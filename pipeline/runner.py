@@ -149,6 +149,7 @@ class Runner:
             raise ConfigError(f"stage names must be unique, got {[s.name for s in self.stages]}")
         self.metadata_url = self.config.pipeline.metadata
         self.root_label = root_label(root_text)
+        self._preflighted = False
         """How this root's runs are named in a shared store: its URL or resolved path."""
 
     def open_store(self, create: bool = True) -> MetadataStore:
@@ -157,14 +158,18 @@ class Runner:
                              exists=self._artifact_exists)
 
     def preflight(self) -> None:
-        """Reach the artifact root and the metadata database before any work; each failure is one line."""
+        """Reach the artifact root and the metadata database before any work; each failure is one line.
+        (The database itself is reached when the lock or the store first connects, before any stage.)"""
+        if self._preflighted:
+            return
         if self.remote is not None:
             if not self.metadata_url:
-                raise RunError(f"--root {self.remote.url}: a remote root needs a metadata store outside it; pass "
+                raise ConfigError(f"--root {self.remote.url}: a remote root needs a metadata store outside it; pass "
                                f"--metadata postgresql+psycopg://user:password@host:5432/db (or set pipeline.metadata)")
             self.remote.check()
         if self.metadata_url:
             database.check_url(self.metadata_url)
+        self._preflighted = True
 
     # --------------------------------------------------------------------- remote artifacts
     def _execution_rel(self, artifact: Artifact) -> str:

@@ -96,6 +96,6 @@ def test_root_problems_are_one_line_naming_the_url_before_any_work(problem, s3_s
 
 
 def test_a_remote_root_needs_a_store_outside_it(s3_server, remote_cache, make_config):
-    from pipeline.runner import RunError
-    with pytest.raises(RunError, match="s3://convpipe/team: a remote root needs a metadata store"):
+    from pipeline.config import ConfigError
+    with pytest.raises(ConfigError, match="s3://convpipe/team: a remote root needs a metadata store"):
         Runner(make_config(), fake.STAGES, ROOT).run()
