@@ -177,3 +177,86 @@ class RemoteRoot:
                 self.fs.rm(self.remote(rel), recursive=True)
         except FileNotFoundError:
             pass
+
+
+# ---------------------------------------------------------------------------- served models
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def _fs(url: str):
+    import fsspec
+
+    options = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}} \
+        if url.startswith(("s3://", "s3a://")) else {}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path.rstrip("/")
+
+
+def serving_mirror(model_url: str) -> Path:
+    """Where the versions of a remote `<serving_root>/<model_name>` are mirrored on this machine."""
+    return cache_root() / "serving" / hashlib.sha256(model_url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def remote_versions(model_url: str) -> list[int]:
+    """Whole versions under a remote model directory: numeric prefixes that hold their saved_model.pb."""
+    fs, path = _fs(model_url)
+    try:
+        children = fs.ls(path, detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    versions = []
+    for child in children:
+        name = child.rstrip("/").rsplit("/", 1)[-1]
+        if name.isdigit() and fs.exists(f"{path}/{name}/{SAVED_MODEL_FILE}"):
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def sync_served(model_url: str) -> Path:
+    """The local mirror of a remote model directory, with every whole version downloaded (once)."""
+    fs, path = _fs(model_url)
+    mirror = serving_mirror(model_url)
+    mirror.mkdir(parents=True, exist_ok=True)
+    try:
+        wanted = remote_versions(model_url)
+        for version in wanted:
+            target = mirror / str(version)
+            if (target / SAVED_MODEL_FILE).is_file():
+                continue
+            tmp = mirror / f".fetch-{version}-{uuid.uuid4().hex[:8]}"
+            fs.get(f"{path}/{version}/", str(tmp) + "/", recursive=True)
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+    except Exception as exc:
+        raise RootError(f"serving root {model_url}: {_reason(exc)}") from exc
+    for stale in mirror.iterdir():  # a version removed from the bucket is not served any more
+        if stale.name.isdigit() and int(stale.name) not in wanted:
+            shutil.rmtree(stale, ignore_errors=True)
+    return mirror
+
+
+def push_version(local_version: Path, model_url: str) -> str:
+    """Upload a checked SavedModel as version `local_version.name`, saved_model.pb last.
+
+    S3 has no rename, so a version cannot appear at once: its files are uploaded first and
+    saved_model.pb, the file without which nothing loads it, last. `remote_versions` (our readers)
+    counts only versions holding it; TF Serving's load of a version seen before it fails and is
+    retried (`--max_num_load_retries`), so the version it serves is whole.
+    """
+    fs, path = _fs(model_url)
+    version = local_version.name
+    target = f"{path}/{version}"
+    if fs.exists(target):
+        raise RootError(f"serving root {model_url}: version {version} already exists there (another exporter?)")
+    files = sorted((p for p in local_version.rglob("*") if p.is_file()), key=lambda p: p.name == SAVED_MODEL_FILE)
+    try:
+        for file in files:
+            fs.put_file(str(file), f"{target}/{file.relative_to(local_version).as_posix()}")
+    except Exception as exc:
+        try:
+            fs.rm(target, recursive=True)
+        except Exception:
+            pass  # without saved_model.pb it is never loaded; the next export takes the next number
+        raise RootError(f"serving root {model_url}: uploading version {version} failed: {_reason(exc)}") from exc
+    protocol = model_url.split("://", 1)[0]
+    return f"{protocol}://{target}"
