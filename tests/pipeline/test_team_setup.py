@@ -22,7 +22,7 @@ from tests.pipeline.conftest import PYTHON
 from tests.servers import postgres_server, postgres_url, remote_cache, s3_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
-CLI = ["-m", "pipeline.cli"]
+CLI = ["-m", "convpipe.cli"]
 SMALL = ["--set", "ingest.source.num_examples=120", "--set", "ingest.num_shards=1", "--set", "train.epochs=3",
          "--set", "evaluate.thresholds={}", "--set", "export.serving_root=s3://convpipe/team/serving"]
 
