@@ -30,9 +30,16 @@ setup(
         "pillow>=10",
         "apscheduler>=3.10,<4",
         "jsonschema>=4.20",
+        "sqlalchemy>=2.0,<2.2",  # the metadata store (pipeline/metadata.py), SQLite or Postgres
+        "alembic>=1.13,<2",  # its schema revisions (pipeline/migrations/)
+        "psycopg[binary]>=3.2,<4",  # --metadata postgresql+psycopg://...
+        "fsspec>=2024.6",  # artifact roots as URLs (pipeline/filesystem.py)
+        "s3fs>=2024.6",  # ... s3:// among them; keep it on the release that matches fsspec
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "pycocotools>=2.0.7"],  # pycocotools: the mAP reference
+        # pycocotools: the mAP reference; moto[server] and pgserver: the S3 and Postgres servers the tests start
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pycocotools>=2.0.7", "moto[server]>=5.0,<6", "pgserver>=0.1.4",
+                 "boto3>=1.34"],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
     entry_points={"console_scripts": ["convpipe=convpipe.cli:main"]},

@@ -17,7 +17,7 @@ import traceback
 import warnings
 
 BENCHMARKS = ("trainer_overhead", "input_headroom", "compute_efficiency", "ingest_throughput", "serving_latency",
-              "scaling")
+              "scaling", "remote_root")
 
 
 def parse_args(argv):

@@ -33,7 +33,9 @@ from pipeline.console import (DEFAULT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK,
                               EXIT_USAGE, console_logging, load, print_json, sigterm_interrupts)
 from pipeline import console
 from pipeline.history import cmd_runs, cmd_show
-from pipeline.lock import LockHeld, RootLock
+from pipeline.database import DatabaseError
+from pipeline.filesystem import RootError
+from pipeline.lock import LockHeld, run_lock
 from pipeline.runner import Interrupted, Runner
 
 # The stages, tasks and models are imported by the commands that need them, not here: `convpipe
@@ -43,14 +45,15 @@ from pipeline.runner import Interrupted, Runner
 # ------------------------------------------------------------------------------------ run
 def cmd_run(args, stages=None) -> int:
     config = load(args)
-    root = Path(config.pipeline.root)
     try:
-        with console_logging(args.verbose), sigterm_interrupts(), RootLock(root, wait=args.wait):
+        with console_logging(args.verbose), sigterm_interrupts():
             if stages is None:
                 from convpipe.stages import load_stages
                 stages = load_stages()
-            runner = Runner(config, stages, root, argv=["convpipe", *args.argv])
-            result = runner.run(args.from_stage, args.to_stage, force=args.force, locked=True)
+            runner = Runner(config, stages, config.pipeline.root, argv=["convpipe", *args.argv])
+            runner.preflight()  # the bucket and the database, before the lock and before any work
+            with run_lock(runner.root, runner.metadata_url, runner.root_label, wait=args.wait):
+                result = runner.run(args.from_stage, args.to_stage, force=args.force, locked=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_SIGINT
@@ -195,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, config=True):
-        p.add_argument("--root", help="pipeline root (overrides pipeline.root)")
+        p.add_argument("--root", help="pipeline root: a directory or a URL such as s3://bucket/prefix "
+                                      "(overrides pipeline.root)")
+        p.add_argument("--metadata", metavar="URL", help="metadata store database URL, e.g. "
+                       "postgresql+psycopg://user:password@host:5432/db (overrides pipeline.metadata; "
+                       "default sqlite:///<root>/metadata.sqlite)")
         if config:
             p.add_argument("--config", help=f"config file (default: ./{DEFAULT_CONFIG} when present)")
             p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -307,6 +314,9 @@ def main(argv: Optional[Sequence[str]] = None, *, stages=None) -> int:
     except LockHeld as exc:
         print(f"convpipe: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except (RootError, DatabaseError) as exc:  # the bucket or the database: one line, before any work
+        print(f"convpipe: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE
 

@@ -40,6 +40,9 @@ class PipelineSection(Strict):
     root: str = Field("artifacts", description="Directory holding artifacts, metadata.sqlite and logs.")
     tensorboard_root: Optional[str] = Field(
         None, description="Where every run's TensorBoard logs land; default <root>/tensorboard.")
+    metadata: Optional[str] = Field(
+        None, description="The metadata store's database URL (CLI --metadata); default sqlite:///<root>/metadata.sqlite. "
+                          "postgresql+psycopg://user:password@host:5432/db shares one store between machines.")
 
 
 class BeamSection(Strict):

@@ -39,11 +39,16 @@ def load(args) -> PipelineConfig:
     config = load_config(config_path(args), getattr(args, "set", None) or [])
     if getattr(args, "root", None):
         config.pipeline.root = args.root
+    if getattr(args, "metadata", None):
+        config.pipeline.metadata = args.metadata
     return config
 
 
-def root_of(args) -> Path:
-    return Path(args.root) if args.root else Path(load(args).pipeline.root)
+def root_of(args):
+    """The root named by --root or the config: a Path, or the URL string of a remote root."""
+    from pipeline.filesystem import is_url
+    text = args.root or load(args).pipeline.root
+    return text if is_url(text) else Path(text)
 
 
 def print_json(value) -> None:

@@ -10,21 +10,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from pipeline.console import EXIT_OK, EXIT_USAGE, print_json, root_of
+from pipeline.console import EXIT_OK, EXIT_USAGE, load, print_json, root_of
 
 
 def _time(seconds: Optional[float]) -> Optional[str]:
     return datetime.fromtimestamp(seconds).isoformat(sep=" ", timespec="seconds") if seconds else None
 
 
-def _open_store(root: Path):
-    from pipeline.metadata import MetadataStore
-    return MetadataStore(root, create=False)
+def _open_store(root, metadata: Optional[str] = None):
+    from pipeline.metadata import store_for
+    return store_for(root, metadata, create=False)
 
 
-def runs_summary(root: Path) -> list[dict]:
-    """Every run under `root`: id, times, state, and what each stage did."""
-    with _open_store(root) as store:
+def runs_summary(root, metadata: Optional[str] = None) -> list[dict]:
+    """Every run under `root` (a path or URL): id, times, state, and what each stage did."""
+    with _open_store(root, metadata) as store:
         summary = []
         for run in store.runs():
             executions = store.executions(run.id)
@@ -65,14 +65,14 @@ def stage_words(stages: list[dict]) -> str:
 def cmd_runs(args) -> int:
     root = root_of(args)
     try:
-        summary = runs_summary(root)
+        summary = runs_summary(root, load(args).pipeline.metadata)
     except FileNotFoundError:
         summary = []
     if args.json:
         print_json(summary)
         return EXIT_OK
     if not summary:
-        print(f"no runs under {root.resolve()}")
+        print(f"no runs under {root if isinstance(root, str) else root.resolve()}")
     for run in summary:
         stages = stage_words(run["stages"])
         seconds = f"{run['seconds']:.1f} s" if run["seconds"] is not None else "-"
@@ -80,9 +80,9 @@ def cmd_runs(args) -> int:
     return EXIT_OK
 
 
-def run_details(root: Path, run_id: Optional[int]) -> dict:
+def run_details(root, run_id: Optional[int], metadata: Optional[str] = None) -> dict:
     """One run with its executions, parameters, reasons, and each artifact's producer (lineage)."""
-    with _open_store(root) as store:
+    with _open_store(root, metadata) as store:
         run_id = run_id if run_id is not None else store.latest_run_id()
         if run_id is None:
             raise KeyError(f"no runs under {root}")
@@ -115,7 +115,7 @@ def run_details(root: Path, run_id: Optional[int]) -> dict:
 def cmd_show(args) -> int:
     root = root_of(args)
     try:
-        details = run_details(root, args.run)
+        details = run_details(root, args.run, load(args).pipeline.metadata)
     except (FileNotFoundError, KeyError) as exc:
         print(f"show: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return EXIT_USAGE

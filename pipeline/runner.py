@@ -44,13 +44,15 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from pipeline import artifacts as layout
+from pipeline import database
 from pipeline import metadata as md
 from pipeline import parallel
 from pipeline.sweep import DEFAULT_NAME
 from pipeline.cache import cache_key, canonical_json, explain
 from pipeline.codeversion import stage_code_version
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.lock import RootLock
+from pipeline.filesystem import MARKER, RemoteRoot, is_url, root_label
+from pipeline.lock import run_lock
 from pipeline.metadata import MetadataStore, NewArtifact
 from pipeline.stage import Artifact, ExecutionContext, Stage, StageError, Trials
 
@@ -126,9 +128,12 @@ class Runner:
 
     def __init__(self, config: PipelineConfig, stages: Sequence[Stage], root: Path | str | None = None,
                  code_version: Callable[[Stage], str] = stage_code_version, argv: Sequence[str] = ()):
-        self.root = Path(root if root is not None else config.pipeline.root).resolve()
+        root_text = str(root if root is not None else config.pipeline.root)
+        self.remote = RemoteRoot(root_text) if is_url(root_text) else None
+        """A URL root: stages work in its local copy (`self.root`); outputs are published to the URL."""
+        self.root = self.remote.local if self.remote else Path(root_text).resolve()
         self.config = config.model_copy(deep=True)
-        self.config.pipeline.root = str(self.root)
+        self.config.pipeline.root = self.remote.url if self.remote else str(self.root)
         self.stages = list(stages)
         self.code_version = code_version
         self.argv = list(argv)
@@ -142,6 +147,66 @@ class Runner:
         for every trial, though the checkout may change while a long sweep runs."""
         if len(self._by_name) != len(self.stages):
             raise ConfigError(f"stage names must be unique, got {[s.name for s in self.stages]}")
+        self.metadata_url = self.config.pipeline.metadata
+        self.root_label = root_label(root_text)
+        self._preflighted = False
+        """How this root's runs are named in a shared store: its URL or resolved path."""
+
+    def open_store(self, create: bool = True) -> MetadataStore:
+        """The metadata store of this root: `pipeline.metadata`, else the SQLite file in the root."""
+        return MetadataStore(self.root, create=create, url=self.metadata_url, root_label=self.root_label,
+                             exists=self._artifact_exists)
+
+    def preflight(self) -> None:
+        """Reach the artifact root and the metadata database before any work; each failure is one line.
+        (The database itself is reached when the lock or the store first connects, before any stage.)"""
+        if self._preflighted:
+            return
+        if self.remote is not None:
+            if not self.metadata_url:
+                raise ConfigError(f"--root {self.remote.url}: a remote root needs a metadata store outside it; pass "
+                               f"--metadata postgresql+psycopg://user:password@host:5432/db (or set pipeline.metadata)")
+            self.remote.check()
+        if self.metadata_url:
+            database.check_url(self.metadata_url)
+        self._preflighted = True
+
+    # --------------------------------------------------------------------- remote artifacts
+    def _execution_rel(self, artifact: Artifact) -> str:
+        """`<stage>/<execution_id>` of an artifact (its directory relative to the root, less the output name)."""
+        return "/".join(Path(artifact.uri).relative_to(self.root).parts[:2])
+
+    def _artifact_exists(self, artifact: Artifact) -> bool:
+        if self.remote is None:
+            return Path(artifact.uri).is_dir()
+        return self.remote.is_complete(self._execution_rel(artifact))
+
+    def _fetch_inputs(self, ctx: ExecutionContext) -> None:
+        """Bring every input of a remote root into the local copy (once: later stages reuse it)."""
+        if self.remote is None:
+            return
+        artifacts = [*ctx.inputs.values(), *(a for trials in ctx.trials.values() for a in trials.values())]
+        for rel in dict.fromkeys(self._execution_rel(a) for a in artifacts):
+            self.remote.fetch(rel)
+
+    def _remove_remote(self, stage: str, execution_id: int) -> None:
+        if self.remote is None:
+            return
+        try:
+            self.remote.remove(f"{stage}/{execution_id}")
+        except Exception as exc:  # the store is down: the marker was never written, so nothing is visible
+            log.warning("could not remove %s/%s/%d from the remote root (%s); it has no %s and is never read",
+                        self.remote.url, stage, execution_id, exc, MARKER)
+
+    def _sync_logs(self) -> None:
+        """Run logs and TensorBoard logs to the remote root (plain copies: their readers need no marker)."""
+        if self.remote is None:
+            return
+        for name in (layout.LOGS_DIR, "tensorboard"):
+            try:
+                self.remote.put_tree(self.root / name, name)
+            except Exception as exc:
+                log.warning("could not copy %s to %s (%s)", self.root / name, self.remote.url, exc)
 
     # ------------------------------------------------------------------------------ planning
     def select(self, from_stage: Optional[str], to_stage: Optional[str]) -> tuple[list[Stage], list[Stage]]:
@@ -212,13 +277,18 @@ class Runner:
     # -------------------------------------------------------------------------------- running
     def run(self, from_stage: Optional[str] = None, to_stage: Optional[str] = None, force: bool = False,
             wait: bool = False, locked: bool = False) -> RunResult:
-        """Runs the selected stages; `locked=True` when the caller already holds the root's RootLock."""
+        """Runs the selected stages; `locked=True` when the caller already holds the root's run lock."""
         selected, upstream = self.select(from_stage, to_stage)
         self.check()
-        with (nullcontext() if locked else RootLock(self.root, wait=wait)), MetadataStore(self.root) as store:
+        self.preflight()
+        lock = nullcontext() if locked else run_lock(self.root, self.metadata_url, self.root_label, wait=wait)
+        with lock, self.open_store() as store:
             cleaned = self._recover(store)
             options = {"from": from_stage, "to": to_stage, "force": force}
-            run_id = store.start_run(self.config.to_dict(), self.argv, options)
+            recorded = self.config.to_dict()
+            if self.metadata_url:
+                recorded["pipeline"]["metadata"] = database.shown(self.metadata_url)
+            run_id = store.start_run(recorded, self.argv, options)
             result = RunResult(run_id, md.RUNNING, log_file=layout.log_path(self.root, run_id))
             with _RunLogFile(result.log_file):
                 log.info("run %d on %s: %s", run_id, self.root, ", ".join(s.name for s in selected))
@@ -250,6 +320,8 @@ class Runner:
                     store.end_run(run_id, md.FAILED, error)
                     log.error("run %d FAILED: %s", run_id, error)
                     raise
+                finally:
+                    self._sync_logs()
                 store.end_run(run_id, result.state, result.error)
                 log.info("run %d %s", run_id, result.state)
         return result
@@ -270,6 +342,7 @@ class Runner:
             for path in (layout.temporary_dir(self.root, execution.stage, execution.id),
                          layout.execution_dir(self.root, execution.stage, execution.id)):
                 shutil.rmtree(path, ignore_errors=True)
+            self._remove_remote(execution.stage, execution.id)
             lines.append(f"execution {execution.id} ({execution.stage}) of run {execution.run_id} "
                          "was left RUNNING by a process that died: marked ABANDONED")
         for path in layout.remove_stale_temporaries(self.root):
@@ -382,7 +455,7 @@ class Runner:
                 raise RunError(f"stage {label} has never completed under {self.root}; "
                                f"run it first (convpipe run --to {stage.name})")
             outputs = store.outputs(hit.id)
-            if not all(a.uri.is_dir() for a in outputs.values()):
+            if not all(self._artifact_exists(a) for a in outputs.values()):
                 raise RunError(f"stage {label}: the outputs of its latest execution {hit.id} are gone "
                                f"from disk; run it again (convpipe run --from {stage.name})")
             if hit.cache_key != key:
@@ -533,6 +606,7 @@ class Runner:
         return [results[i] for i in range(len(jobs))]
 
     def _prepare(self, ctx: ExecutionContext) -> None:
+        self._fetch_inputs(ctx)
         for path in ctx.outputs.values():
             path.mkdir(parents=True)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
@@ -575,6 +649,9 @@ class Runner:
                 properties["chosen_trial"] = ctx.chosen_trial
             new[name] = NewArtifact(type_, final / name, layout.fingerprint_dir(ctx.outputs[name]), properties)
         layout.publish(tmp, final)
+        if self.remote is not None:  # uploaded, then its marker: visible to readers only when whole
+            self.remote.publish(final, f"{stage.name}/{item.execution_id}",
+                                {name: artifact.fingerprint for name, artifact in new.items()})
         outputs = store.complete_execution(item.execution_id, new)
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
         seconds = time.monotonic() - item.started
@@ -586,6 +663,7 @@ class Runner:
         store.fail_execution(item.execution_id, error, details)
         shutil.rmtree(layout.temporary_dir(self.root, stage.name, item.execution_id), ignore_errors=True)
         shutil.rmtree(layout.execution_dir(self.root, stage.name, item.execution_id), ignore_errors=True)
+        self._remove_remote(stage.name, item.execution_id)
         log.error("%s: FAILED: %s", stage.name + (f" [{item.job.trial}]" if item.job.trial else ""), error)
         return _Result(item.job.trial, md.FAILED, item.execution_id, item.reason,
                        time.monotonic() - item.started, error)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from components.tasks.classification import read_split  # noqa: F401  (tests and tools read splits from here)
+from pipeline import filesystem
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
 
@@ -35,7 +36,7 @@ SPLIT = "test"
 
 def parameters(config: PipelineConfig) -> dict:
     evaluate = config.evaluate.model_dump(mode="json")
-    return {"evaluate": evaluate, "served": _served_dir(config).as_posix() if config.evaluate.compare_with_served else None}
+    return {"evaluate": evaluate, "served": _served_name(config) if config.evaluate.compare_with_served else None}
 
 
 def check(config: PipelineConfig) -> None:
@@ -51,7 +52,17 @@ def check(config: PipelineConfig) -> None:
                           f"expected one of {known}")
 
 
+def _served_name(config: PipelineConfig) -> str:
+    """The model directory as configured (a path or a URL): what enters the cache key."""
+    if filesystem.is_url(config.export.serving_root):
+        return f"{config.export.serving_root.rstrip('/')}/{config.export.model_name}"
+    return (Path(config.export.serving_root) / config.export.model_name).as_posix()
+
+
 def _served_dir(config: PipelineConfig) -> Path:
+    """The model directory on this machine: the configured one, or the local mirror of a remote one."""
+    if filesystem.is_url(config.export.serving_root):
+        return filesystem.sync_served(_served_name(config))
     return Path(config.export.serving_root) / config.export.model_name
 
 
@@ -66,7 +77,7 @@ def served_fingerprint(config: PipelineConfig) -> str:
     from components import serving
 
     model_dir = _served_dir(config)
-    root = str(Path(config.pipeline.root).resolve())
+    root = filesystem.root_label(config.pipeline.root)
     foreign = []
     for version in serving.versions(model_dir):
         info = serving.read_info(model_dir / str(version))

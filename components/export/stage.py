@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 
+from pipeline import filesystem
 from pipeline.config import PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
 
@@ -28,7 +29,7 @@ PUSHED_FILE = "pushed.json"
 
 
 def parameters(config: PipelineConfig) -> dict:
-    return {"export": config.export.model_dump(mode="json"), "root": str(Path(config.pipeline.root).resolve())}
+    return {"export": config.export.model_dump(mode="json"), "root": filesystem.root_label(config.pipeline.root)}
 
 
 def _record(ctx: ExecutionContext, result: dict) -> None:
@@ -68,13 +69,17 @@ def executor(ctx: ExecutionContext) -> None:
         _record(ctx, {"pushed": False, "reason": reason})
         return
 
-    serving_dir = Path(config.export.serving_root) / config.export.model_name
+    remote = filesystem.is_url(config.export.serving_root)
+    model_url = f"{config.export.serving_root.rstrip('/')}/{config.export.model_name}"
+    # A remote serving root: versions are checked in a local mirror, then pushed (saved_model.pb last).
+    serving_dir = filesystem.sync_served(model_url) if remote else Path(config.export.serving_root) / config.export.model_name
+    shown = model_url if remote else str(serving_dir)
     model_fingerprint = ctx.inputs["model"].fingerprint
     existing = serving.versions(serving_dir)
     if existing and serving.read_info(serving_dir / str(existing[-1])).get("model_fingerprint") == model_fingerprint:
         version = existing[-1]
         ctx.log.info("export: this model is already served as version %d", version)
-        _record(ctx, {"pushed": False, "version": version, "path": str(serving_dir / str(version)),
+        _record(ctx, {"pushed": False, "version": version, "path": f"{shown}/{version}",
                       "reason": f"already served as version {version}"})
         return
 
@@ -88,7 +93,7 @@ def executor(ctx: ExecutionContext) -> None:
 
     serving_dir.mkdir(parents=True, exist_ok=True)
     temporary = serving_dir / f".tmp-{ctx.execution_id}-{uuid.uuid4().hex[:8]}"
-    info = {"model_fingerprint": model_fingerprint, "pipeline_root": str(Path(config.pipeline.root).resolve()),
+    info = {"model_fingerprint": model_fingerprint, "pipeline_root": filesystem.root_label(config.pipeline.root),
             "run_id": ctx.run_id, "execution_id": ctx.execution_id, **model_info,
             "image_size": trial["input_shape"][-3:], "evaluation": {blessing["metric"]: blessing["value"]},
             "max_detections": config.export.max_detections,  # detectors pad their outputs to it
@@ -109,7 +114,13 @@ def executor(ctx: ExecutionContext) -> None:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    version = int(target.name)
+    if remote:
+        try:
+            target = filesystem.push_version(target, model_url)
+        except BaseException:
+            shutil.rmtree(serving_dir / str(target.name), ignore_errors=True)
+            raise
+    version = int(str(target).rstrip("/").rsplit("/", 1)[-1])
     ctx.log.info("export: pushed version %d to %s (max |difference| %.2g)", version, target, max(differences.values()))
     _record(ctx, {"pushed": True, "version": version, "path": str(target), "max_abs_difference": differences,
                   "signatures": list(task.signatures)})

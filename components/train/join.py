@@ -127,7 +127,7 @@ def wait_for_train(config, root: Path, output_dir: Path, timeout_s: float, log: 
     said = False
     while True:
         try:
-            with MetadataStore(root, create=False) as store:
+            with MetadataStore(root, create=False, url=config.pipeline.metadata) as store:
                 execution = joinable_execution(store, trials, done)
                 if execution is not None:
                     name = next(n for n, p in trials.items() if _params_key(p) == _params_key(execution.params))

@@ -9,6 +9,12 @@ from pipeline.metadata import MetadataStore, NewArtifact
 from tests.pipeline.conftest import PYTHON
 
 
+def sql(store, statement, *params):
+    """Rows of one raw SQL statement on the store's own engine."""
+    with store._engine.connect() as db:
+        return db.exec_driver_sql(statement, params).fetchall()
+
+
 def start(store, run_id, stage="s", key="k", inputs=None):
     return store.start_execution(run_id, stage, params={"p": 1}, cache_key=key, code_version="v",
                                  inputs=inputs or {}, external_fingerprint=None, reason={"summary": "test"})
@@ -18,7 +24,7 @@ def test_failed_transaction_leaves_nothing(tmp_path):
     store = MetadataStore(tmp_path)
     with pytest.raises(ZeroDivisionError):
         with store.transaction() as db:
-            db.execute("INSERT INTO runs (started, state, config, argv) VALUES (1, 'RUNNING', '{}', '[]')")
+            db.exec_driver_sql("INSERT INTO runs (started, state, config, argv) VALUES (1, 'RUNNING', '{}', '[]')")
             1 / 0
     assert store.runs() == []
     assert store.latest_run_id() is None
@@ -39,7 +45,7 @@ def test_complete_execution_records_artifacts_and_events_together(tmp_path):
     assert store.execution(consumer).inputs == {"in": "fp1"}
     assert store.execution(producer).state == md.COMPLETE
     # stored relative to the root, so a moved root still resolves
-    row = store._conn.execute("SELECT uri FROM artifacts WHERE id=?", (artifact.id,)).fetchone()
+    row = sql(store, "SELECT uri FROM artifacts WHERE id=?", artifact.id)[0]
     assert row[0] == f"s/{producer}/out"
     assert store.find_complete("s", "k").id == producer
     assert store.find_complete("s", "other") is None
@@ -54,7 +60,7 @@ def test_completing_an_abandoned_execution_is_refused_and_rolled_back(tmp_path):
     assert store.run(run_id).state == md.ABANDONED
     with pytest.raises(RuntimeError, match="no longer RUNNING"):
         store.complete_execution(execution, {"out": NewArtifact("T", tmp_path / "x", "fp")})
-    assert store._conn.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0] == 0
+    assert sql(store, "SELECT COUNT(*) FROM artifacts")[0][0] == 0
     assert store.outputs(execution) == {}
 
 
@@ -90,7 +96,7 @@ def test_two_processes_write_without_losing_or_corrupting_rows(tmp_path, subproc
     store = MetadataStore(tmp_path)
     runs = store.runs()
     assert len(runs) == 80 and {r.state for r in runs} == {md.COMPLETE}
-    assert store._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    counts = dict(store._conn.execute("SELECT cache_key, COUNT(*) FROM executions GROUP BY cache_key"))
+    assert sql(store, "PRAGMA integrity_check")[0][0] == "ok"
+    assert sql(store, "PRAGMA journal_mode")[0][0] == "wal"
+    counts = dict(sql(store, "SELECT cache_key, COUNT(*) FROM executions GROUP BY cache_key"))
     assert counts == {"w1": 40, "w2": 40}

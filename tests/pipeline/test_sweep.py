@@ -341,18 +341,30 @@ def test_sigkill_of_the_runner_takes_its_trials_with_it(tmp_path, subprocess_env
 
 
 def test_a_version_1_store_gains_the_trial_column(tmp_path):
+    """A store written before Alembic (PRAGMA user_version 1) is stamped and upgraded in place."""
     path = tmp_path / "metadata.sqlite"
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE executions (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL, "
-                   "stage TEXT NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL, cache_key TEXT NOT NULL, "
-                   "code_version TEXT NOT NULL, inputs TEXT NOT NULL, external_fingerprint TEXT, "
-                   "reason TEXT NOT NULL DEFAULT '{}', reused_execution_id INTEGER, error TEXT, traceback TEXT, "
-                   "started REAL NOT NULL, ended REAL)")
+        db.executescript(
+            "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started REAL NOT NULL, ended REAL, "
+            "state TEXT NOT NULL, config TEXT NOT NULL, argv TEXT NOT NULL, options TEXT NOT NULL DEFAULT '{}', "
+            "pid INTEGER, host TEXT, error TEXT);"
+            "CREATE TABLE executions (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL, "
+            "stage TEXT NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL, cache_key TEXT NOT NULL, "
+            "code_version TEXT NOT NULL, inputs TEXT NOT NULL, external_fingerprint TEXT, "
+            "reason TEXT NOT NULL DEFAULT '{}', reused_execution_id INTEGER, error TEXT, traceback TEXT, "
+            "started REAL NOT NULL, ended REAL);"
+            "CREATE TABLE artifacts (id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, uri TEXT NOT NULL, "
+            "fingerprint TEXT NOT NULL, properties TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL, "
+            "created REAL NOT NULL);"
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, execution_id INTEGER NOT NULL, "
+            "artifact_id INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL);")
+        db.execute("INSERT INTO runs (started, state, config, argv) VALUES (0, 'COMPLETE', '{}', '[]')")
         db.execute("INSERT INTO executions (run_id, stage, state, params, cache_key, code_version, inputs, started) "
                    "VALUES (1, 'train', 'COMPLETE', '{}', 'k', 'c', '{}', 0)")
         db.execute("PRAGMA user_version=1")
     with MetadataStore(tmp_path) as store:
         assert store.execution(1).trial is None
         assert store.latest_execution("train", trial=None).id == 1
+        assert [r.id for r in store.runs()] == [1]
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == md.SCHEMA_VERSION == 2
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == md.SCHEMA_VERSION

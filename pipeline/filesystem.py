@@ -1,0 +1,262 @@
+"""An artifact root that is a URL (`s3://bucket/prefix`, any fsspec filesystem) instead of a local directory.
+
+Stages keep working on local paths: TensorFlow 2.21 no longer opens `s3://` itself (its S3 and GCS
+filesystems moved to tensorflow-io), and Keras, TensorBoard and Beam's DirectRunner all write
+local files fastest. So a remote root has a local working copy, `<cache>/<sha256(url)[:16]>/`
+(`$CONVPIPE_CACHE`, default `~/.cache/convpipe`), laid out exactly as a local root, and this module
+moves whole execution directories between the two:
+
+    publish   after an executor returns, its `<stage>/<execution_id>/` is uploaded and then ONE
+              object, `<stage>/<execution_id>/_COMPLETE.json` (the outputs' fingerprints), is
+              written last. Readers require it: an upload cut short (a killed run, an S3 server
+              that went away) is never taken for an artifact, and the next run removes it.
+    fetch     before an executor runs, each input whose execution directory is not in the local
+              copy (or whose local marker differs from the remote one) is downloaded into a
+              temporary sibling and renamed into place: another machine's outputs stream in once
+              and are reused from the local copy after that.
+
+Credentials and the endpoint come from the usual AWS variables and files (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ~/.aws/config), through s3fs and botocore; never from
+pipeline_config.json. `check()` reaches the bucket before any work and turns a bad bucket, a wrong
+endpoint or missing credentials into one line that names the URL.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Optional
+
+MARKER = "_COMPLETE.json"
+
+
+class RootError(RuntimeError):
+    """A remote root cannot be used; one line naming its URL and why."""
+
+
+def is_url(text: str | os.PathLike | None) -> bool:
+    """True for `scheme://...` other than file:// (a local path, relative or absolute, is not a URL)."""
+    if text is None:
+        return False
+    text = str(text)
+    return "://" in text and not text.startswith("file://")
+
+
+def root_label(root: str | os.PathLike) -> str:
+    """How a root is named in the metadata store and in exported models: its URL, or its resolved path."""
+    return str(root).rstrip("/") if is_url(root) else str(Path(root).resolve())
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CONVPIPE_CACHE") or Path.home() / ".cache" / "convpipe")
+
+
+def _reason(exc: BaseException) -> str:
+    """The one line worth printing from an s3fs / botocore / aiohttp error."""
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "NoCredentials" in name or "Unable to locate credentials" in text:
+        return ("no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "or a profile in ~/.aws/credentials)")
+    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
+        return "the bucket does not exist"
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text \
+            or "SignatureDoesNotMatch" in text:
+        return f"access denied ({text or name})"
+    if "Connect" in name or "connect" in text.lower() or "Endpoint" in name:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+        return f"cannot reach the S3 endpoint {endpoint} ({text or name})"
+    return f"{name}: {text}" if text else name
+
+
+class RemoteRoot:
+    """One remote root and its local working copy."""
+
+    def __init__(self, url: str, cache: Optional[Path] = None):
+        import fsspec
+
+        self.url = url.rstrip("/")
+        protocol = self.url.split("://", 1)[0]
+        options = {}
+        if protocol in ("s3", "s3a"):
+            # Fail within seconds on a wrong endpoint instead of retrying for minutes.
+            options = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
+                                                       "retries": {"max_attempts": 2}}}
+        try:
+            self.fs, self.path = fsspec.core.url_to_fs(self.url, **options)
+        except (ImportError, ValueError) as exc:
+            raise RootError(f"--root {self.url}: {exc}") from None
+        self.path = self.path.rstrip("/")
+        self.local = Path(cache or cache_root()) / hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        self._complete: dict[str, str] = {}
+        """rel -> marker text, for markers seen during this process (a marker never changes once written)."""
+
+    def __repr__(self) -> str:
+        return f"RemoteRoot({self.url!r}, local={str(self.local)!r})"
+
+    def remote(self, rel: str) -> str:
+        return f"{self.path}/{rel}" if rel else self.path
+
+    def check(self) -> None:
+        """Reach the root now (list it, write and remove a probe object): every problem is one line naming the URL."""
+        probe = self.remote(f".convpipe-probe-{uuid.uuid4().hex[:8]}")
+        try:
+            bucket = self.path.split("/", 1)[0]
+            self.fs.info(bucket)  # raises (unlike exists) what went wrong
+            self.fs.pipe_file(probe, b"")
+            self.fs.rm_file(probe)
+        except Exception as exc:  # s3fs raises botocore, aiohttp and OS errors alike
+            raise RootError(f"artifact root {self.url}: {_reason(exc)}") from None
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------------- publishing
+    def publish(self, local_dir: Path, rel: str, fingerprints: dict[str, str]) -> None:
+        """Upload one execution directory, then write its marker: the last object, which readers require."""
+        marker = json.dumps({"fingerprints": fingerprints}, sort_keys=True)
+        files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+        try:
+            for file in files:
+                self.fs.put_file(str(file), self.remote(f"{rel}/{file.relative_to(local_dir).as_posix()}"))
+            self.fs.pipe_file(self.remote(f"{rel}/{MARKER}"), marker.encode())
+        except Exception as exc:
+            raise RootError(f"artifact root {self.url}: publishing {rel} failed: {_reason(exc)}") from exc
+        (Path(local_dir) / MARKER).write_text(marker)
+        self._complete[rel] = marker
+
+    def put_tree(self, local_dir: Path, rel: str) -> None:
+        """Copy a directory whose readers need no marker (TensorBoard logs, run logs): files overwrite."""
+        local_dir = Path(local_dir)
+        if not local_dir.is_dir():
+            return
+        for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            self.fs.put_file(str(file), self.remote(f"{rel}/{file.relative_to(local_dir).as_posix()}"))
+
+    def marker(self, rel: str) -> Optional[str]:
+        """The remote marker of `rel`, or None: the execution directory is not (or not wholly) there."""
+        if rel in self._complete:
+            return self._complete[rel]
+        try:
+            text = self.fs.cat_file(self.remote(f"{rel}/{MARKER}")).decode()
+        except FileNotFoundError:
+            return None
+        self._complete[rel] = text
+        return text
+
+    def is_complete(self, rel: str) -> bool:
+        return self.marker(rel) is not None
+
+    def fetch(self, rel: str) -> Path:
+        """The local copy of a published execution directory, downloading it when missing or different."""
+        target = self.local / rel
+        marker = self.marker(rel)
+        if marker is None:
+            raise RootError(f"artifact root {self.url}: {rel} has no {MARKER}; it was never wholly published")
+        local_marker = target / MARKER
+        if local_marker.is_file() and local_marker.read_text() == marker:
+            return target
+        tmp = target.with_name(f".fetch-{target.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            self.fs.get(self.remote(rel) + "/", str(tmp) + "/", recursive=True)
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RootError(f"artifact root {self.url}: downloading {rel} failed: {_reason(exc)}") from exc
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, target)
+        return target
+
+    def remove(self, rel: str) -> None:
+        """Delete a remote execution directory (a failed or abandoned one); a missing one is fine."""
+        self._complete.pop(rel, None)
+        try:
+            if self.fs.exists(self.remote(rel)):
+                self.fs.rm(self.remote(rel), recursive=True)
+        except FileNotFoundError:
+            pass
+
+
+# ---------------------------------------------------------------------------- served models
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def _fs(url: str):
+    import fsspec
+
+    options = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}} \
+        if url.startswith(("s3://", "s3a://")) else {}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path.rstrip("/")
+
+
+def serving_mirror(model_url: str) -> Path:
+    """Where the versions of a remote `<serving_root>/<model_name>` are mirrored on this machine."""
+    return cache_root() / "serving" / hashlib.sha256(model_url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def remote_versions(model_url: str) -> list[int]:
+    """Whole versions under a remote model directory: numeric prefixes that hold their saved_model.pb."""
+    fs, path = _fs(model_url)
+    try:
+        children = fs.ls(path, detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    versions = []
+    for child in children:
+        name = child.rstrip("/").rsplit("/", 1)[-1]
+        if name.isdigit() and fs.exists(f"{path}/{name}/{SAVED_MODEL_FILE}"):
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def sync_served(model_url: str) -> Path:
+    """The local mirror of a remote model directory, with every whole version downloaded (once)."""
+    fs, path = _fs(model_url)
+    mirror = serving_mirror(model_url)
+    mirror.mkdir(parents=True, exist_ok=True)
+    try:
+        wanted = remote_versions(model_url)
+        for version in wanted:
+            target = mirror / str(version)
+            if (target / SAVED_MODEL_FILE).is_file():
+                continue
+            tmp = mirror / f".fetch-{version}-{uuid.uuid4().hex[:8]}"
+            fs.get(f"{path}/{version}/", str(tmp) + "/", recursive=True)
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+    except Exception as exc:
+        raise RootError(f"serving root {model_url}: {_reason(exc)}") from exc
+    for stale in mirror.iterdir():  # a version removed from the bucket is not served any more
+        if stale.name.isdigit() and int(stale.name) not in wanted:
+            shutil.rmtree(stale, ignore_errors=True)
+    return mirror
+
+
+def push_version(local_version: Path, model_url: str) -> str:
+    """Upload a checked SavedModel as version `local_version.name`, saved_model.pb last.
+
+    S3 has no rename, so a version cannot appear at once: its files are uploaded first and
+    saved_model.pb, the file without which nothing loads it, last. `remote_versions` (our readers)
+    counts only versions holding it; TF Serving's load of a version seen before it fails and is
+    retried (`--max_num_load_retries`), so the version it serves is whole.
+    """
+    fs, path = _fs(model_url)
+    version = local_version.name
+    target = f"{path}/{version}"
+    if fs.exists(target):
+        raise RootError(f"serving root {model_url}: version {version} already exists there (another exporter?)")
+    files = sorted((p for p in local_version.rglob("*") if p.is_file()), key=lambda p: p.name == SAVED_MODEL_FILE)
+    try:
+        for file in files:
+            fs.put_file(str(file), f"{target}/{file.relative_to(local_version).as_posix()}")
+    except Exception as exc:
+        try:
+            fs.rm(target, recursive=True)
+        except Exception:
+            pass  # without saved_model.pb it is never loaded; the next export takes the next number
+        raise RootError(f"serving root {model_url}: uploading version {version} failed: {_reason(exc)}") from exc
+    protocol = model_url.split("://", 1)[0]
+    return f"{protocol}://{target}"
