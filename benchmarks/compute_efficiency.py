@@ -11,7 +11,7 @@ Variants change one thing each against the same baseline, in the same alternatio
   channels_first  the same network with NCHW tensors (benchmarks/cnn_variants.py)
   keras_bn        the same network with Keras's own BatchNormalization, which the CNN used before
                   models/layers/fused_batch_normalization.py (TensorFlow's fused kernel)
-  mixed_bfloat16  Keras's mixed_bfloat16 policy (train.mixed_precision; this CPU has AMX-BF16),
+  mixed_bfloat16  Keras's mixed_bfloat16 policy (train.precision; this CPU has AMX-BF16),
                   its FLOP/s still shown against the float32 peak
 and, in a fresh process each (the full size only), thread-pool sizes set through
 `tf.config.threading` and oneDNN turned off (TF_ENABLE_ONEDNN_OPTS=0).

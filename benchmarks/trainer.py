@@ -34,13 +34,15 @@ class PipelineTrainer:
         from components.training.epoch_end import EndOfEpoch, end_of_epoch
         from components.training.history import Progress
         from components.training.loop import Plan, StepFunctions
-        from components.training.strategy import make_strategy, precision_policy, use_jit
+        from components.training import precision
+        from components.training.strategy import make_strategy, use_jit
         from components.training.tensorboard import TrainingLogs
         from components.training.train_input import TrainInput
 
         train = config.train
         self.placement = placement or make_strategy(train.distribution, train.logical_cpu_devices)
-        policy = precision_policy(train.mixed_precision, self.placement.on_gpu)
+        policy, _ = precision.choose(train.precision, self.placement.on_gpu)
+        self.policy = policy
         keras.config.set_dtype_policy(policy)
         self.jit = use_jit(train.jit_compile, self.placement.on_gpu) if jit is None else jit
 

@@ -75,7 +75,8 @@ def train_trial(spec: TrialSpec, log: logging.Logger) -> dict:
     """Train (or resume) one trial; returns the contents of trial.json. Raises divergence.NonFiniteLoss
     and LossDiverged, backups.BackupError and strategy.DeviceSetupError for the caller to phrase."""
     from pipeline.config import parse_config
-    from components.training.strategy import make_strategy, precision_policy, use_jit
+    from components.training import precision
+    from components.training.strategy import make_strategy, use_jit
 
     config = parse_config(spec.config, "trial config")
     train = config.train
@@ -83,7 +84,8 @@ def train_trial(spec: TrialSpec, log: logging.Logger) -> dict:
 
     import keras
     previous_policy = keras.config.dtype_policy()
-    policy = precision_policy(train.mixed_precision, placement.on_gpu)
+    policy, reason = precision.choose(train.precision, placement.on_gpu)
+    log.info("precision %s (%s)", policy, reason)
     keras.config.set_dtype_policy(policy)
     try:
         return _train(spec, config, placement, policy, use_jit(train.jit_compile, placement.on_gpu), log)
