@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from tests.components import classification_fixtures as fx
-from tests.components.test_train import run_train
+from tests.components.train.test_train import run_train
 
 
 def test_auto_picks_bfloat16_on_amx_cpus_and_bfloat16_tensor_core_gpus():
@@ -58,7 +58,7 @@ def test_mixed_bfloat16_trains_with_float32_outputs_and_exports_float32_signatur
     import tensorflow as tf
 
     from components import serving
-    from components.model_artifact import load_keras_model
+    from components.training.model_artifact import load_keras_model
 
     examples_dir = fx.write_examples(tmp_path / "examples")
     config = fx.tiny_config(tmp_path, precision="mixed_bfloat16", epochs=1)
