@@ -16,8 +16,8 @@ import time
 import traceback
 import warnings
 
-BENCHMARKS = ("trainer_overhead", "input_headroom", "compute_efficiency", "ingest_throughput", "serving_latency",
-              "scaling", "remote_root")
+BENCHMARKS = ("trainer_overhead", "precision_speed", "input_headroom", "compute_efficiency", "ingest_throughput",
+              "serving_latency", "scaling", "default_run", "remote_root")
 
 
 def parse_args(argv):

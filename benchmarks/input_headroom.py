@@ -153,6 +153,6 @@ def run(size: str) -> Result:
                             "reader alone vs the rate the trainer consumes batches")
     result.ratio("reader_cached_over_trainer", timing.ratio(cached_rate, trainer_rate), "probe: with cache()")
     result.target("reader / trainer", headroom, ">=", 3.0)
-    result.target("input wait share", share, "<", 0.05)
+    result.target("input wait share", share, "<", 0.02)
     result.seconds = time.perf_counter() - started
     return result

@@ -21,7 +21,9 @@ class PipelineTrainer:
     """The train stage's loop on an Examples directory, advanced one epoch per `epoch()` call."""
 
     def __init__(self, config, examples_dir: Path, work_dir: Path, *, jit: Optional[bool] = None,
-                 sample_images: bool = True, placement=None):
+                 sample_images: bool = True, placement=None, background: bool = True):
+        """`background`: the end-of-epoch work as the stage does it (beside the next epoch on one
+        device); False puts it on the training thread, as before epoch_end.py."""
         import keras
         import tensorflow as tf
 
@@ -29,15 +31,18 @@ class PipelineTrainer:
         from components.tasks import get_task
         from components.training import builders
         from components.training.backups import Backups, BestWeights
+        from components.training.epoch_end import EndOfEpoch, end_of_epoch
         from components.training.history import Progress
         from components.training.loop import Plan, StepFunctions
-        from components.training.strategy import make_strategy, precision_policy, use_jit
+        from components.training import precision
+        from components.training.strategy import make_strategy, use_jit
         from components.training.tensorboard import TrainingLogs
         from components.training.train_input import TrainInput
 
         train = config.train
         self.placement = placement or make_strategy(train.distribution, train.logical_cpu_devices)
-        policy = precision_policy(train.mixed_precision, self.placement.on_gpu)
+        policy, _ = precision.choose(train.precision, self.placement.on_gpu)
+        self.policy = policy
         keras.config.set_dtype_policy(policy)
         self.jit = use_jit(train.jit_compile, self.placement.on_gpu) if jit is None else jit
 
@@ -51,18 +56,23 @@ class PipelineTrainer:
         self.steps_per_epoch = math.ceil(self.train_size / self.batch_size)
         self.config = config
 
-        keras.utils.set_random_seed(train.seed)
         strategy = self.placement.strategy
-        with strategy.scope():
-            self.model, loss = task.build_model_and_loss(config.model, train, self.input_shape,
-                                                         task.num_classes(schema))
-            optimizer = builders.build_optimizer(train, self.steps_per_epoch, policy)
-            optimizer.build(self.model.trainable_variables)
+
+        def build_trackables(progress_variable):
+            with strategy.scope():
+                model, loss = task.build_model_and_loss(config.model, train, self.input_shape, task.num_classes(schema))
+                optimizer = builders.build_optimizer(train, self.steps_per_epoch, policy)
+                optimizer.build(model.trainable_variables)
+                best = BestWeights(model)
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=progress_variable,
+                                             best=best.variables)
+            return model, loss, optimizer, best, checkpoint
+
+        keras.utils.set_random_seed(train.seed)
         self.progress = Progress()
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=optimizer, progress=self.progress.variable)
+        self.model, loss, optimizer, self.best, checkpoint = build_trackables(self.progress.variable)
         work_dir = Path(work_dir)
         self.backups = Backups(work_dir / "backups", checkpoint, keep=2)
-        self.best = BestWeights(work_dir / "best", self.model)
         self.logs = TrainingLogs(work_dir / "tensorboard")
         self.steps = StepFunctions(strategy, self.model, loss_fn=loss, optimizer=optimizer, jit_compile=self.jit,
                                    task=task)
@@ -73,15 +83,18 @@ class PipelineTrainer:
         if sample_images and train.num_sample_images:
             samples = next(iter(ex.make_dataset(examples_dir, "train", train.num_sample_images)))
 
-        def log_samples(epoch: int) -> None:
-            if samples is None:
-                return
+        def log_samples(of_model, epoch: int) -> None:
             targets = tf.nest.map_structure(lambda t: t.numpy(), samples[1])
-            png = task.sample_grid_png(self.model, samples[0].numpy(), targets, self.class_names)
+            png = task.sample_grid_png(of_model, samples[0].numpy(), targets, self.class_names)
             if png is not None:
                 self.logs.sample_predictions(epoch, png)
 
-        self.on_epoch_end = log_samples
+        self.sample_predictions = (lambda epoch: log_samples(self.model, epoch)) if samples is not None else None
+        build_mirror = lambda: build_trackables(tf.Variable("{}", dtype=tf.string, trainable=False))  # noqa: E731
+        self.end = (end_of_epoch(self.placement, self.backups, self.logs, LOG, log_samples if samples is not None
+                                 else None, self.model, build_mirror, checkpoint) if background
+                    else EndOfEpoch(self.backups, self.logs, LOG, log_samples if samples is not None else None,
+                                    self.model))
         self.train_input = TrainInput(examples_dir, self.batch_size, train, schema, self.train_size)
 
     def train_data(self, epoch: int):
@@ -94,11 +107,16 @@ class PipelineTrainer:
         from components.training.loop import fit
 
         self.plan.epochs += 1
-        fit(self.steps, self.train_data, None, self.plan, self.progress, self.backups, self.best, self.logs, LOG,
-            on_epoch_end=self.on_epoch_end, hooks=self.hooks)
+        fit(self.steps, self.train_data, None, self.plan, self.progress, self.end, self.best, LOG, hooks=self.hooks)
         return self.progress.rows[-1]
 
+    def drain(self) -> None:
+        """Wait for the end-of-epoch work still running beside training (a benchmark's epoch ends here)."""
+        if self.end.background:
+            self.end._jobs.join()
+
     def close(self) -> None:
+        self.end.close()
         self.logs.close()
         self.backups.close()
 

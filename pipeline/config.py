@@ -249,7 +249,12 @@ class TrainSection(Strict):
     logical_cpu_devices: Optional[PositiveInt] = Field(
         None, description="Split the CPU into this many logical devices (to test mirrored on CPU).")
     jit_compile: Union[bool, Literal["auto"]] = "auto"
-    mixed_precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16", "auto"] = Field(
+        "float32", description="Keras dtype policy of training: float32 (bit-identical reruns); mixed_bfloat16 "
+                               "(bfloat16 compute, float32 weights, batch norm statistics and outputs; the matrix "
+                               "units of CPUs with AMX-BF16 and of GPUs from compute capability 8.0); mixed_float16 "
+                               "(with loss scaling); auto: mixed_bfloat16 where the CPU or GPU runs it fast, else "
+                               "float32 (the log says which and why; components/training/precision.py).")
     seed: int = 0
     seeds: list[int] = Field(default_factory=list, description="Repeat every trial with these seeds (sweeps).")
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description="Config key path -> values to try.")
@@ -265,6 +270,14 @@ class TrainSection(Strict):
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     num_sample_images: NonNegativeInt = 16
     multitask: MultitaskSection = Field(default_factory=MultitaskSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data):
+        if isinstance(data, dict) and "mixed_precision" in data:
+            raise ValueError(f"train.mixed_precision was renamed train.precision (float32, mixed_bfloat16, "
+                             f"mixed_float16 or auto); got mixed_precision={data['mixed_precision']!r}")
+        return data
 
 
 class EvaluateSection(Strict):

@@ -46,20 +46,22 @@ class Backups:
         return self.directory / f"{PREFIX}-{number}"
 
     # -- writing --------------------------------------------------------------------------------
-    def save(self) -> Path:
-        """Write a new backup, then drop all but the `keep` newest; returns its prefix."""
+    def save(self, checkpoint=None) -> Path:
+        """Write a new backup, then drop all but the `keep` newest; returns its prefix. `checkpoint`:
+        another checkpoint of the same objects to write instead (epoch_end.Mirror's)."""
+        checkpoint = self.checkpoint if checkpoint is None else checkpoint
         number = (self.numbers() or [0])[-1] + 1
         if not self.is_chief:
             if self._scratch is None:
                 self._scratch = Path(tempfile.mkdtemp(prefix="convpipe-worker-backup-"))
             target = self._scratch / f"{PREFIX}-{number}"
-            self.checkpoint.write(str(target))
+            checkpoint.write(str(target))
             for path in self._scratch.glob(f"{PREFIX}-*"):
                 if not path.name.startswith(f"{PREFIX}-{number}."):
                     path.unlink(missing_ok=True)
             return target
         target = self.prefix(number)
-        self.checkpoint.write(str(target))
+        checkpoint.write(str(target))
         for old in self.numbers()[:-self.keep]:
             self._delete(old)
         return target
@@ -104,42 +106,42 @@ class BackupError(RuntimeError):
 
 
 class BestWeights:
-    """The weights of the best epoch so far, as `best-epoch-<n>.weights.h5` beside the backups.
+    """The weights of the best epoch so far, as variables saved inside every backup.
 
-    Written under a temporary name and renamed; the file name is recorded in the progress that
-    the next backup saves, so a resumed run knows which file belongs to its history.
+    They were a `best-epoch-<n>.weights.h5` file beside the backups (19-36 ms an improving epoch on
+    the default CNN, and a second file whose name the backup had to record). Copying the model's
+    variables into these ones costs ~1 ms, and a backup holds the weights of its best epoch
+    together with the history that names it, so a resumed run can never pair them wrongly.
+    Created inside the strategy's scope, beside the model.
     """
 
-    def __init__(self, directory: str | Path, model, is_chief: bool = True):
-        self.directory = Path(directory)
-        self.model = model
-        self.is_chief = is_chief
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, model):
+        import tensorflow as tf
 
-    def path(self, name: str) -> Path:
-        return self.directory / name
+        self.model = model
+        self.variables = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name=f"best_{i}")
+                          for i, v in enumerate(model.weights)]
+        sources = [v.value for v in model.weights]
+
+        @tf.function(autograph=False)
+        def capture():
+            for target, source in zip(self.variables, sources):
+                target.assign(source.read_value())
+
+        @tf.function(autograph=False)
+        def load():
+            for target, source in zip(sources, self.variables):
+                target.assign(source.read_value())
+
+        self._capture, self._load = capture, load
 
     def save(self, epoch: int) -> str:
-        import os
-
-        name = f"best-epoch-{epoch}.weights.h5"
-        if not self.is_chief:
-            return name
-        temporary = self.directory / f".tmp-{name}"
-        self.model.save_weights(str(temporary))
-        os.replace(temporary, self.path(name))
-        return name
-
-    def prune(self, keep: Optional[str]) -> None:
-        """Delete best-weight files other than `keep` (call after the backup that records `keep`)."""
-        if not self.is_chief:
-            return
-        for path in self.directory.glob("best-epoch-*.weights.h5"):
-            if path.name != keep:
-                path.unlink(missing_ok=True)
+        """Keep the model's weights as those of `epoch`; returns the name the progress records."""
+        self._capture()
+        return f"epoch-{epoch}"
 
     def load(self, name: str) -> None:
-        path = self.path(name)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: best weights recorded in the backup are missing")
-        self.model.load_weights(str(path))
+        """Put the kept weights (recorded as `name`) back into the model."""
+        if not name:
+            raise ValueError("best weights: no epoch was recorded as best")
+        self._load()

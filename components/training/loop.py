@@ -7,8 +7,9 @@ batch, weighted by its share of the examples (so an uneven last batch, or a repl
 examples, still averages correctly); the optimizer sums gradients over replicas.
 
 The loop checks the loss after every step (a NaN, or a loss far above where it started, names
-its epoch and step and leaves the backups alone: divergence.py), backs up at the end of every epoch and every `save_freq_steps` steps, keeps the weights
-of the best epoch by the monitored eval metric, and stops early when asked.
+its epoch and step and leaves the backups alone: divergence.py), backs up at the end of every epoch
+and every `save_freq_steps` steps (epoch_end.py: beside the next epoch on one device), keeps the
+weights of the best epoch by the monitored eval metric, and stops early when asked.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from components.training.backups import Backups, BestWeights
+from components.training.backups import BestWeights
 from components.training.divergence import DivergenceGuard, LossDiverged, NonFiniteLoss  # noqa: F401 (re-exported)
 from components.training.history import Progress, lower_is_better
-from components.training.tensorboard import TrainingLogs
+from components.training.epoch_end import EndOfEpoch
 
 
 def _first(structure):
@@ -93,9 +94,13 @@ class StepFunctions:
         self.eval_step = reduced(replica_eval)
 
     def distribute(self, dataset):
-        """Distribute a global-batch dataset; sharded by data, since files may be fewer than workers."""
+        """Distribute a global-batch dataset; sharded by data, since files may be fewer than workers.
+        Without a strategy (one device, the default) the dataset itself: the same batches, and its
+        iterator's `next` costs a fraction of the distributed iterator's (benchmarks/input_headroom)."""
         import tensorflow as tf
 
+        if not tf.distribute.has_strategy() and self.strategy is tf.distribute.get_strategy():
+            return dataset
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
@@ -132,11 +137,12 @@ class Plan:
 
 
 def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Optional[Callable[[], object]],
-        plan: Plan, progress: Progress, backups: Backups, best: BestWeights, logs: TrainingLogs,
-        log: logging.Logger, on_epoch_end: Optional[Callable[[int], None]] = None, preemption=None,
-        hooks=None) -> Progress:
+        plan: Plan, progress: Progress, end: EndOfEpoch, best: BestWeights, log: logging.Logger,
+        preemption=None, hooks=None) -> Progress:
     """Train from `progress` (fresh or restored) to `plan.epochs`; `train_data(epoch)` is a new
-    global-batch dataset for that epoch, shuffled with a seed derived from the epoch. `preemption`
+    global-batch dataset for that epoch, shuffled with a seed derived from the epoch. `end`
+    (epoch_end.py) writes the step and epoch backups and the TensorBoard scalars and pictures, on
+    this thread or beside the next epoch; it is not closed here. `preemption`
     (preemption.PreemptionBackups) hears of every step and may save a backup and raise Preempted.
     `hooks` (components/tasks/base.TrainingHooks) hears of every step before it runs and adds its
     entries to every epoch's row."""
@@ -164,9 +170,7 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
                 progress.steps_in_epoch, progress.partial = step, dict(totals)
                 progress.seconds += time.monotonic() - started
                 started = time.monotonic()
-                progress.sync()
-                saved = backups.save()
-                log.info("step backup %s at epoch %d, step %d", saved.name, epoch, step)
+                end.step_backup(progress, epoch, step)
             if preemption is not None:
                 progress.steps_in_epoch, progress.partial = step, dict(totals)
                 preemption.after_step(epoch, step)
@@ -192,15 +196,10 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
             _check_monitor(plan.early_stopping_monitor, row)
             _early_stopping(progress, plan, row[plan.early_stopping_monitor], epoch, log)
 
-        logs.scalars(epoch, {k: row[k] for k in steps_metric_names(row)},
-                     {k[4:]: row[k] for k in row if k.startswith("val_")}, row["learning_rate"])
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
         log.info("epoch %d/%d: %s", epoch, plan.epochs,
                  ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "steps")))
-        progress.sync()
-        backups.save()
-        best.prune(keep=progress.best_weights)
+        end.epoch_end(progress, epoch, {k: row[k] for k in steps_metric_names(row)},
+                      {k[4:]: row[k] for k in row if k.startswith("val_")}, row["learning_rate"])
     return progress
 
 

@@ -189,13 +189,6 @@ def make_strategy(distribution: str, logical_cpu_devices: Optional[int] = None, 
     return Placement(strategy=strategy, kind=kind, on_gpu=bool(gpus), is_chief=is_chief_task())
 
 
-def precision_policy(setting: str, on_gpu: bool) -> str:
-    """`auto` is mixed_float16 on a GPU (tensor cores) and float32 on CPU (float16 is slower there)."""
-    if setting == "auto":
-        return "mixed_float16" if on_gpu else "float32"
-    return setting
-
-
 def use_jit(setting, on_gpu: bool) -> bool:
     """`auto` compiles with XLA on a GPU only: on CPU the compile time outweighs the gain for small CNNs."""
     if setting == "auto":

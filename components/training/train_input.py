@@ -4,10 +4,10 @@ reshuffled every epoch.
 Augmentation is offline (the augment stage), so the decoded training examples are the same every
 epoch, and decoding them again each epoch is the reader's cost: on 2 cores gzip records come at
 7600 images/s, decoded ones at 2063, a memory cache at ~58 000 (benchmarks/input_headroom).
-When the decoded split fits, `TrainInput` builds it once, cached in memory, and every epoch's
-dataset shuffles that one cache with the epoch's seed; the batches are the ones the uncached
-reader yields for the same seed (components/examples.make_dataset), so the cache changes speed,
-never what is trained on.
+When the decoded split fits, `TrainInput` decodes it once into memory, and every epoch's dataset
+gathers its batches from there in the order of the epoch's seed; the batches are the ones the
+uncached reader yields for the same seed (components/examples.make_dataset), so the cache changes
+speed, never what is trained on.
 
 `train.cache` chooses: true, false, or "auto", which caches when the decoded split, estimated
 from schema.json (image size, frames, split count), is at most `CACHE_LIMIT_BYTES`.
@@ -67,33 +67,74 @@ def should_cache(setting: Union[bool, str], schema: dict, count: int) -> bool:
 
 class TrainInput:
     """`train_input(epoch)`: the train split's global batches for one epoch, in the order fixed by
-    the shard files and `epoch_seed(train.seed, epoch)`. Built once per trial: its decoded split,
-    when cached, is filled by the first epoch read and shared by every later one."""
+    the shard files and `epoch_seed(train.seed, epoch)`.
+
+    Cached, the split is decoded once (on the first call) into one tensor per field, and an epoch
+    is a seeded shuffle of the example *indices*, batched, then one gather per batch: tf.data's
+    shuffle picks buffer positions from its seed alone, never from the values, so shuffling
+    indices with the reader's seed and buffer gives the reader's order exactly (checked in
+    tests/components/test_train_input.py), while each batch costs one gather instead of 32
+    elements through a shuffle buffer, so the next batch is ready before the step asks for it
+    (benchmarks/input_headroom: the input wait)."""
 
     def __init__(self, examples_dir: str | Path, batch_size: int, train, schema: dict, count: int):
         """`train`: the TrainSection (seed, shuffle_buffer, cache); `count`: examples in the split."""
-        from components import examples as ex
-
         self.examples_dir, self.batch_size, self.seed, self.shuffle_buffer = examples_dir, batch_size, train.seed, \
             train.shuffle_buffer
+        self.schema, self.count = schema, int(count)
         self.estimated_bytes = cached_bytes(schema, count)
         self.cached = should_cache(train.cache, schema, count)
-        self.decoded = ex.decoded_split(examples_dir, "train", cache=True) if self.cached else None
         self.setting = train.cache
+        self._arrays = None
 
     def describe(self) -> str:
         size = f"{self.estimated_bytes / 2 ** 20:.1f} MiB decoded"
         if self.cached:
-            return f"train split cached in memory after its first epoch ({size}; train.cache={self.setting})"
+            return f"train split decoded once and cached in memory ({size}; train.cache={self.setting})"
         return (f"train split read and decoded every epoch ({size}, limit {CACHE_LIMIT_BYTES / 2 ** 20:.0f} MiB; "
                 f"train.cache={self.setting})")
+
+    def arrays(self):
+        """The decoded split as (inputs, targets) tensors with the examples on the first axis, in
+        the shards' fixed order (decoded on the first call)."""
+        import tensorflow as tf
+
+        from components import examples as ex
+
+        if self._arrays is None:
+            decoded = ex.decoded_split(self.examples_dir, "train").map(lambda inputs, targets, meta: (inputs, targets))
+            whole = decoded.batch(max(1, self.count) + 1).get_single_element()  # one batch: every example
+            self._arrays = tf.nest.map_structure(tf.identity, whole)
+        return self._arrays
 
     def __call__(self, epoch: int):
         from components import examples as ex
 
-        return ex.make_dataset(self.examples_dir, "train", self.batch_size, shuffle=True,
-                               seed=epoch_seed(self.seed, epoch), shuffle_buffer=self.shuffle_buffer,
-                               decoded=self.decoded)
+        seed = epoch_seed(self.seed, epoch)
+        if not self.cached:
+            return ex.make_dataset(self.examples_dir, "train", self.batch_size, shuffle=True, seed=seed,
+                                   shuffle_buffer=self.shuffle_buffer)
+        return gathered_epoch(self.arrays(), self.schema, self.batch_size, seed, self.shuffle_buffer)
+
+
+def gathered_epoch(arrays, schema: dict, batch_size: int, seed: int, shuffle_buffer: int):
+    """One epoch of `arrays` ((inputs, targets), examples first) as the reader would batch it with
+    `shuffle=True, seed=seed`: indices shuffled as `make_dataset` shuffles examples (the same buffer,
+    capped at the split's size), batched, gathered and expanded to the model's tensors."""
+    import tensorflow as tf
+
+    from components import examples as ex
+
+    count = int(tf.nest.flatten(arrays)[0].shape[0])
+    buffer = max(1, min(shuffle_buffer, count))
+    indices = tf.data.Dataset.range(count).shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+
+    def batch_of(index):
+        inputs, targets = tf.nest.map_structure(lambda t: tf.gather(t, index), arrays)
+        return ex.expand_compact(inputs, targets, schema)
+
+    return indices.batch(batch_size).map(batch_of, num_parallel_calls=tf.data.AUTOTUNE,
+                                         deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 class EvalInput:

@@ -6,7 +6,8 @@ cannot be split as `train.logical_cpu_devices` asks; a cluster manager can start
 on every machine of a multi-worker run. A sweep trains one trial per combination through here.
 
 Outputs (chief only): `model.keras` (the best epoch's weights), `history.json`, `trial.json`.
-State that survives a kill lives in `work_dir`: `backups/ckpt-<n>.*` and `best-epoch-<n>.weights.h5`.
+State that survives a kill lives in `work_dir`: `backups/ckpt-<n>.*` (weights, optimizer, progress and
+the best epoch's weights in one checkpoint).
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def train_trial(spec: TrialSpec, log: logging.Logger) -> dict:
     """Train (or resume) one trial; returns the contents of trial.json. Raises divergence.NonFiniteLoss
     and LossDiverged, backups.BackupError and strategy.DeviceSetupError for the caller to phrase."""
     from pipeline.config import parse_config
-    from components.training.strategy import make_strategy, precision_policy, use_jit
+    from components.training import precision
+    from components.training.strategy import make_strategy, use_jit
 
     config = parse_config(spec.config, "trial config")
     train = config.train
@@ -82,7 +84,8 @@ def train_trial(spec: TrialSpec, log: logging.Logger) -> dict:
 
     import keras
     previous_policy = keras.config.dtype_policy()
-    policy = precision_policy(train.mixed_precision, placement.on_gpu)
+    policy, reason = precision.choose(train.precision, placement.on_gpu)
+    log.info("precision %s (%s)", policy, reason)
     keras.config.set_dtype_policy(policy)
     try:
         return _train(spec, config, placement, policy, use_jit(train.jit_compile, placement.on_gpu), log)
@@ -97,6 +100,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     from components import examples as ex
     from components.training import builders
     from components.training.backups import Backups, BestWeights
+    from components.training.epoch_end import end_of_epoch
     from components.training.history import Progress
     from components.tasks import get_task
     from components.training.loop import Plan, StepFunctions, fit
@@ -121,22 +125,26 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     log.info("training %s with %s strategy (%d replica(s)), %s, jit_compile=%s, batch %d, %d steps per epoch",
              spec.name, placement.kind, placement.num_replicas, policy, jit, batch_size, steps_per_epoch)
 
+    def build_trackables(progress_variable):
+        """The model, loss, optimizer and best weights, and the checkpoint of all that a backup holds."""
+        with strategy.scope():
+            model, loss = task.build_model_and_loss(config.model, train, input_shape, task.num_classes(schema))
+            optimizer = builders.build_optimizer(train if epochs == train.epochs else train.model_copy(
+                update={"epochs": epochs}), steps_per_epoch, policy)
+            optimizer.build(model.trainable_variables)
+            best = BestWeights(model)
+        objects = {"model": model, "optimizer": optimizer, "progress": progress_variable, "best": best.variables}
+        if builders.loss_variables(loss):
+            objects["loss_state"] = builders.loss_variables(loss)
+        return model, loss, optimizer, best, tf.train.Checkpoint(**objects)
+
     keras.utils.set_random_seed(train.seed)
     strategy = placement.strategy
-    with strategy.scope():
-        model, loss = task.build_model_and_loss(config.model, train, input_shape, task.num_classes(schema))
-        optimizer = builders.build_optimizer(train if epochs == train.epochs else train.model_copy(
-            update={"epochs": epochs}), steps_per_epoch, policy)
-        optimizer.build(model.trainable_variables)
     progress = Progress()
-    objects = {"model": model, "optimizer": optimizer, "progress": progress.variable}
-    if builders.loss_variables(loss):
-        objects["loss_state"] = builders.loss_variables(loss)
-    checkpoint = tf.train.Checkpoint(**objects)
+    model, loss, optimizer, best, checkpoint = build_trackables(progress.variable)
 
     work_dir = Path(spec.work_dir)
     backups = Backups(work_dir / "backups", checkpoint, keep=2, is_chief=placement.is_chief)
-    best = BestWeights(work_dir / "best", model, is_chief=placement.is_chief)
     restored = backups.restore(log)
     if restored is not None:
         progress.load()
@@ -162,13 +170,14 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     if train.num_sample_images and placement.is_chief:
         samples = next(iter(ex.make_dataset(spec.examples_dir, sample_split, train.num_sample_images)), None)
 
-    def log_samples(epoch: int) -> None:
-        if samples is None:
-            return
+    def log_samples(of_model, epoch: int) -> None:
         targets = tf.nest.map_structure(lambda t: t.numpy(), samples[1])
-        png = task.sample_grid_png(model, samples[0].numpy(), targets, class_names)
+        png = task.sample_grid_png(of_model, samples[0].numpy(), targets, class_names)
         if png is not None:
             logs.sample_predictions(epoch, png)
+
+    end = end_of_epoch(placement, backups, logs, log, log_samples if samples is not None else None, model,
+                       lambda: build_trackables(tf.Variable("{}", dtype=tf.string, trainable=False)), checkpoint)
 
     plan = Plan(epochs=epochs, monitor=monitor, save_freq_steps=train.save_freq_steps,
                 early_stopping_monitor=train.early_stopping.monitor if train.early_stopping.enabled else None,
@@ -181,9 +190,9 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
         from components.training.preemption import PreemptionBackups
         preemption = PreemptionBackups(strategy, checkpoint, progress, backups, log)
     try:
-        fit(steps, train_data, eval_data, plan, progress, backups, best, logs, log,
-            on_epoch_end=log_samples, preemption=preemption, hooks=hooks)
+        fit(steps, train_data, eval_data, plan, progress, end, best, log, preemption=preemption, hooks=hooks)
     finally:
+        end.close()
         logs.close()
         backups.close()
         if preemption is not None:

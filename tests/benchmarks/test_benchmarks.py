@@ -35,7 +35,7 @@ def test_trainer_overhead_runs_and_reports_its_figures(tmp_path):
     expected = figures["pipeline_images_per_s"]["value"] / figures["fit_images_per_s"]["value"]
     assert ratio == pytest.approx(expected, rel=2e-3)
     [target] = result["targets"]
-    assert target["target"] == ">= 0.95" and target["met"] == (target["measured"] >= 0.95)
+    assert target["target"] == ">= 0.98" and target["met"] == (target["measured"] >= 0.98)
 
 
 def test_alternate_runs_warmup_then_sides_in_turn():

@@ -61,12 +61,9 @@ def test_chief_is_the_chief_task_or_worker_zero_without_one():
     assert is_chief_task({})
 
 
-def test_mixed_precision_and_xla_on_gpu_only_when_auto():
-    from components.training.strategy import precision_policy, use_jit
+def test_xla_on_gpu_only_when_auto():
+    from components.training.strategy import use_jit
 
-    assert precision_policy("auto", on_gpu=True) == "mixed_float16"
-    assert precision_policy("auto", on_gpu=False) == "float32"
-    assert precision_policy("mixed_bfloat16", on_gpu=False) == "mixed_bfloat16"
     assert use_jit("auto", on_gpu=True) is True and use_jit("auto", on_gpu=False) is False
     assert use_jit(True, on_gpu=False) is True
 
@@ -317,7 +314,7 @@ def test_mixed_float16_trains_with_loss_scaling_and_float32_logits(tmp_path):
     from components.training.model_artifact import load_keras_model
 
     examples_dir = fx.write_examples(tmp_path / "examples")
-    config = fx.tiny_config(tmp_path, mixed_precision="mixed_float16", epochs=1)
+    config = fx.tiny_config(tmp_path, precision="mixed_float16", epochs=1)
     ctx = run_train(tmp_path, config, examples_dir)
     trial = json.loads((ctx.outputs["model"] / "trial.json").read_text())
     assert trial["params"]["precision"] == "mixed_float16"
