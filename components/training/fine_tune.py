@@ -88,15 +88,25 @@ def fit_in_phases(fit: Callable, make_steps: Callable, train_section, model, opt
     backbone.trainable = True
     for layer, trainable in phase_two:
         layer.trainable = trainable
-    optimizer.learning_rate = constant_rate(tune.learning_rate)
+    set_learning_rate(optimizer, tune.learning_rate)
     log.info("fine-tune phase 2: epochs %d-%d train the backbone too (%d trainable variables) at learning rate %g",
              tune.frozen_epochs + 1, plan.epochs, len(model.trainable_variables), tune.learning_rate)
     return fit(make_steps(), train_data, eval_data, plan, progress, *rest, log=log, **kwargs)
 
 
+def set_learning_rate(optimizer, value: float) -> None:
+    """The optimizer's learning rate from now on. A rate made from a float is a variable: assign it
+    (replacing it would drop the variable from the optimizer's tracked list, which TF checkpoints
+    refuse to save). A schedule (cosine, step) is replaced by a constant one, through the public
+    setter, which a LossScaleOptimizer passes on to its inner optimizer."""
+    if hasattr(optimizer.learning_rate, "assign"):
+        optimizer.learning_rate = float(value)
+    else:
+        optimizer.learning_rate = constant_rate(value)
+
+
 def constant_rate(value: float):
-    """A LearningRateSchedule that is always `value`: the one kind of rate the optimizer's setter
-    accepts whether the optimizer was made with a float or a schedule."""
+    """A LearningRateSchedule that is always `value`."""
     import keras
 
     class ConstantRate(keras.optimizers.schedules.LearningRateSchedule):
