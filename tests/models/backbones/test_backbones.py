@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from models import backbones, build_model
 from models.backbones import BackboneWeightsError, preprocessing
-from tests.models import backbone_fixtures
+from tests.models.backbones import fixtures as backbone_fixtures
 
 
 def small_backbone(shape=(32, 32, 3), **kwargs):
