@@ -239,6 +239,16 @@ class MultitaskSection(Strict):
         default_factory=dict, description="Head -> keyword arguments for its loss in `losses`.")
 
 
+class FineTune(Strict):
+    """Two-phase fine-tuning of a model on a pretrained `model.params.backbone`: the first
+    `frozen_epochs` train the head alone (backbone frozen, at train.optimizer's learning rate), the
+    remaining epochs unfreeze the backbone as `backbone.trainable` says and train everything at
+    `learning_rate` (components/training/fine_tune.py)."""
+    frozen_epochs: PositiveInt = Field(..., description="Epochs that train the head alone, backbone frozen.")
+    learning_rate: Annotated[float, Field(gt=0.0)] = Field(
+        1e-5, description="Learning rate once the backbone is unfrozen (small: pretrained weights move little).")
+
+
 class TrainSection(Strict):
     epochs: PositiveInt = 8
     batch_size: PositiveInt = 32
@@ -270,6 +280,9 @@ class TrainSection(Strict):
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     num_sample_images: NonNegativeInt = 16
     multitask: MultitaskSection = Field(default_factory=MultitaskSection)
+    fine_tune: Optional[FineTune] = Field(
+        None, description="Two-phase fine-tune of model.params.backbone: {frozen_epochs, learning_rate}; null: "
+                          "every epoch trains what backbone.trainable says.")
 
     @model_validator(mode="before")
     @classmethod

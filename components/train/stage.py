@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from components.training import fine_tune
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
 from pipeline.sweep import parallel_trials, trial_configs
@@ -39,6 +40,7 @@ def check(config: PipelineConfig) -> None:
     if train.early_stopping.enabled and not (train.early_stopping.monitor.removeprefix("val_") in ("loss", "accuracy")):
         raise ConfigError(f"train.early_stopping.monitor: expected loss, accuracy, val_loss or val_accuracy, "
                           f"got {train.early_stopping.monitor!r}")
+    fine_tune.check(config)  # model.params.backbone and train.fine_tune
 
 
 def run_name(ctx: ExecutionContext) -> str:

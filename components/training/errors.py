@@ -10,6 +10,7 @@ def user_message(exc: BaseException, work_dir: str | Path) -> Optional[str]:
     from components.training.backups import BackupError
     from components.training.divergence import LossDiverged, NonFiniteLoss
     from components.training.strategy import DeviceSetupError
+    from models.backbones.weights import BackboneWeightsError
 
     if isinstance(exc, NonFiniteLoss):
         return (f"train: the loss became {exc.value} (NaN or infinite) at epoch {exc.epoch}, step {exc.step} "
@@ -20,7 +21,7 @@ def user_message(exc: BaseException, work_dir: str | Path) -> Optional[str]:
                 f"its mean over the last {exc.window} steps, {exc.mean:.4g}, is more than {exc.factor:g}x the first "
                 f"step's loss, {exc.reference:.4g}; {_kept(work_dir)} Lower train.optimizer.learning_rate or set "
                 f"train.optimizer.clipnorm (train.divergence.factor: null turns this check off).")
-    if isinstance(exc, (BackupError, DeviceSetupError)):
+    if isinstance(exc, (BackupError, DeviceSetupError, BackboneWeightsError)):
         return f"train: {exc}"
     return None
 

@@ -98,7 +98,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     import tensorflow as tf
 
     from components import examples as ex
-    from components.training import builders
+    from components.training import builders, fine_tune
     from components.training.backups import Backups, BestWeights
     from components.training.epoch_end import end_of_epoch
     from components.training.history import Progress
@@ -183,14 +183,17 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
                 early_stopping_monitor=train.early_stopping.monitor if train.early_stopping.enabled else None,
                 early_stopping_patience=train.early_stopping.patience,
                 divergence_factor=train.divergence.factor, divergence_window=train.divergence.window)
-    steps = StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit, task=task)
+
+    def make_steps():  # one per fine-tune phase (components/training/fine_tune.py), else one
+        return StepFunctions(strategy, model, loss_fn=loss, optimizer=optimizer, jit_compile=jit, task=task)
     hooks = task.training_hooks(model, loss, train, eval_data)
     preemption = None
     if placement.kind == "multi_worker":
         from components.training.preemption import PreemptionBackups
         preemption = PreemptionBackups(strategy, checkpoint, progress, backups, log)
     try:
-        fit(steps, train_data, eval_data, plan, progress, end, best, log, preemption=preemption, hooks=hooks)
+        fine_tune.fit_in_phases(fit, make_steps, train, model, optimizer, train_data, eval_data, plan, progress,
+                                end, best, log=log, preemption=preemption, hooks=hooks)
     finally:
         end.close()
         logs.close()

@@ -7,11 +7,18 @@ lateral conv per level, nearest-neighbour upsampling of the coarser level added 
 3x3 conv to smooth the sum.
 
     network = feature_network((64, 64, 3), blocks, levels=2, filters=32)   # image -> [P3, P4]
+
+With `backbone` (a models/backbones spec) the pyramid's inputs are the backbone's maps at strides
+8, 16 and 32 instead of the blocks' (`levels` 3; with 2, the strides 16 and 32 as the blocks give
+their coarsest levels):
+
+    network = feature_network((64, 64, 3), levels=3, filters=32, backbone={"name": "resnet50"})
 """
 from __future__ import annotations
 
 import keras
 
+from models import backbones
 from models.classification import cnn
 
 # Four blocks halving the side each time: levels of stride 8 and 16 on a 64 x 64 image.
@@ -48,18 +55,61 @@ def level_strides(input_shape, blocks, levels: int, where: str = "detector") -> 
     return strides
 
 
+def backbone_spec(raw, blocks, where: str):
+    """`backbone` of a detector's config as a BackboneSpec (None without one); blocks must be left out."""
+    spec = backbones.parse_spec(raw, where)
+    if spec is not None and blocks is not DEFAULT_BLOCKS:
+        raise ValueError(f"{where}: invalid blocks={blocks!r}. Expected no blocks with a backbone (the backbone "
+                         f"replaces them).")
+    return spec
+
+
+def with_backbone(spec, config: dict) -> dict:
+    """A detector's get_config with its backbone in place of the blocks. The weights file is left
+    out: a saved model carries its own weights, and loading it must not need (or read) the file."""
+    if spec is None:
+        return config
+    config = {k: v for k, v in config.items() if k != "blocks"}
+    return {**config, "backbone": {**spec.to_config(), "weights": None}}
+
+
+def default_levels(backbone) -> int:
+    """Levels when the detector's config leaves them out: 2 on blocks, 3 (strides 8/16/32) on a backbone."""
+    return 2 if backbone is None else len(backbones.STRIDES)
+
+
+def backbone_strides(spec, levels, where: str) -> list[int]:
+    """The strides of a backbone's pyramid levels: the last `levels` of 8, 16, 32."""
+    count = len(backbones.STRIDES)
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= count:
+        raise ValueError(f"{where}: invalid levels={levels!r}. Expected 2 or 3 with a backbone (its maps at strides "
+                         f"{', '.join(map(str, backbones.STRIDES))}).")
+    return list(backbones.STRIDES[count - levels:])
+
+
+def pyramid_strides(input_shape, blocks, levels, backbone, where: str) -> list[int]:
+    """Strides of the pyramid levels for blocks or for a backbone spec (parsed or raw)."""
+    if backbone is None:
+        return level_strides(input_shape, blocks, levels, where)
+    spec = backbones.parse_spec(backbone, where)
+    backbones.check_input(input_shape, where, max(backbones.STRIDES))
+    return backbone_strides(spec, levels, where)
+
+
 def feature_network(input_shape, blocks=DEFAULT_BLOCKS, levels: int = 2, filters: int = 64,
-                    name: str = "features") -> keras.Model:
+                    name: str = "features", backbone=None) -> keras.Model:
     """Image [H, W, C] -> list of `levels` pyramid maps [h_l, w_l, filters], finest first."""
-    strides = level_strides(input_shape, blocks, levels, name)
+    strides = pyramid_strides(input_shape, blocks, levels, backbone, name)
     if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
         raise ValueError(f"{name}: invalid fpn filters={filters!r}. Expected a strictly positive int.")
-    parsed = parse_blocks(blocks, name)
     inputs = keras.Input(tuple(input_shape), name="image")
-    x, outputs = inputs, []
-    for n, block in enumerate(parsed, start=1):
-        x = cnn.conv_block(x, n, block)
-        outputs.append(x)
+    if backbone is None:
+        x, outputs = inputs, []
+        for n, block in enumerate(parse_blocks(blocks, name), start=1):
+            x = cnn.conv_block(x, n, block)
+            outputs.append(x)
+    else:
+        outputs = list(backbones.build(backbones.parse_spec(backbone, name), input_shape, name, taps=True)(inputs))
     features = outputs[-levels:]
     laterals = [keras.layers.Conv2D(filters, 1, name=f"fpn_lateral{k}")(f) for k, f in enumerate(features)]
     merged = [laterals[-1]]

@@ -1,5 +1,6 @@
 """One-stage detector (RetinaNet in spirit, Lin et al. 2017): CNN blocks -> feature pyramid ->
-class and box heads shared by every level, one prediction per anchor.
+class and box heads shared by every level, one prediction per anchor. With `backbone` (models/
+backbones/) a keras.applications network gives the pyramid its maps at strides 8, 16 and 32.
 
 `call(images)` returns the raw heads and the anchors they answer for:
     {"class_logits": [B, N, K] float32, "box_deltas": [B, N, 4] float32, "anchors": [B, N, 4] rel_xyxy}
@@ -63,24 +64,27 @@ class OneStageDetector(keras.Model):
     `fpn_filters` before the output conv; the class output's bias starts at the prior
     probability (RetinaNet's pi = 0.01) so the first steps are not swamped by background."""
 
-    def __init__(self, image_shape, num_classes: int, blocks=feature_pyramid.DEFAULT_BLOCKS, levels: int = 2,
-                 fpn_filters: int = 64, head_depth: int = 2, anchor_sizes=None, anchor_scales=DEFAULT_SCALES,
-                 aspect_ratios=DEFAULT_ASPECT_RATIOS, variances=None, prior_probability: float = 0.01,
-                 loss: Optional[dict] = None, name: str = "one_stage_detector", **kwargs):
+    def __init__(self, image_shape, num_classes: int, blocks=feature_pyramid.DEFAULT_BLOCKS,
+                 levels: Optional[int] = None, fpn_filters: int = 64, head_depth: int = 2, anchor_sizes=None,
+                 anchor_scales=DEFAULT_SCALES, aspect_ratios=DEFAULT_ASPECT_RATIOS, variances=None,
+                 prior_probability: float = 0.01, loss: Optional[dict] = None, backbone=None,
+                 name: str = "one_stage_detector", **kwargs):
         super().__init__(name=name, **kwargs)
         where = "detector(stage=one)"
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = _positive_int("num_classes", num_classes, where)
+        self.backbone = feature_pyramid.backbone_spec(backbone, blocks, where)
         self.blocks = [dict(b) for b in blocks]
-        self.levels = levels
+        self.levels = feature_pyramid.default_levels(self.backbone) if levels is None else levels
         self.fpn_filters = _positive_int("fpn_filters", fpn_filters, where)
         if isinstance(head_depth, bool) or not isinstance(head_depth, int) or head_depth < 0:
             raise ValueError(f"{where}: invalid head_depth={head_depth!r}. Expected an int >= 0.")
         self.head_depth = head_depth
-        strides = feature_pyramid.level_strides(self.image_shape, self.blocks, levels, where)
+        strides = feature_pyramid.pyramid_strides(self.image_shape, self.blocks, self.levels, self.backbone, where)
         self.anchor_sizes = _number_list("anchor_sizes", anchor_sizes or [4 * s for s in strides], where)
-        if len(self.anchor_sizes) != levels:
-            raise ValueError(f"{where}: invalid anchor_sizes={self.anchor_sizes}. Expected one size per level ({levels}).")
+        if len(self.anchor_sizes) != self.levels:
+            raise ValueError(f"{where}: invalid anchor_sizes={self.anchor_sizes}. Expected one size per level "
+                             f"({self.levels}).")
         self.anchor_scales = _number_list("anchor_scales", anchor_scales, where)
         self.aspect_ratios = _number_list("aspect_ratios", aspect_ratios, where)
         self.variances = None if variances is None else _number_list("variances", variances, where)
@@ -96,7 +100,8 @@ class OneStageDetector(keras.Model):
             self.image_shape, shapes, self.anchor_sizes, self.anchor_scales, self.aspect_ratios)
 
     def _build_network(self) -> keras.Model:
-        self.features = feature_pyramid.feature_network(self.image_shape, self.blocks, self.levels, self.fpn_filters)
+        self.features = feature_pyramid.feature_network(self.image_shape, self.blocks, self.levels, self.fpn_filters,
+                                                         backbone=self.backbone)
         per_location = anchor_ops.anchors_per_location(self.anchor_scales, self.aspect_ratios)
         k = self.num_classes
         prior = -math.log((1.0 - self.prior_probability) / self.prior_probability)
@@ -147,8 +152,9 @@ class OneStageDetector(keras.Model):
                                  max_detections=max_detections, max_per_class=max_per_class)
 
     def get_config(self) -> dict:
-        return {"name": self.name, "image_shape": list(self.image_shape), "num_classes": self.num_classes,
+        return feature_pyramid.with_backbone(self.backbone, {
+                "name": self.name, "image_shape": list(self.image_shape), "num_classes": self.num_classes,
                 "blocks": self.blocks, "levels": self.levels, "fpn_filters": self.fpn_filters,
                 "head_depth": self.head_depth, "anchor_sizes": self.anchor_sizes, "anchor_scales": self.anchor_scales,
                 "aspect_ratios": self.aspect_ratios, "variances": self.variances,
-                "prior_probability": self.prior_probability, "loss": self.loss_params}
+                "prior_probability": self.prior_probability, "loss": self.loss_params})

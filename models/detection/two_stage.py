@@ -1,7 +1,8 @@
 """Two-stage detector (Faster R-CNN in spirit, Ren et al. 2015, with FPN and RoIAlign), at the
 scale of a 64 x 64 image.
 
-1. CNN blocks -> feature pyramid (models/detection/feature_pyramid.py).
+1. CNN blocks, or a keras.applications `backbone` at strides 8/16/32 (models/backbones/), ->
+   feature pyramid (models/detection/feature_pyramid.py).
 2. Region proposal network: a 3x3 conv shared by every level, then per anchor one objectness
    logit and four box deltas. Proposals: decoded anchors, NMS at `proposal_iou`, the best
    `proposals_train` (training) or `proposals_test` (inference) kept.
@@ -35,24 +36,27 @@ ROI_VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
 @keras.saving.register_keras_serializable(package="convpipe")
 class TwoStageDetector(keras.Model):
-    def __init__(self, image_shape, num_classes: int, blocks=feature_pyramid.DEFAULT_BLOCKS, levels: int = 2,
-                 fpn_filters: int = 64, anchor_sizes=None, anchor_scales=(1.0, 1.5), aspect_ratios=(0.5, 1.0, 2.0),
+    def __init__(self, image_shape, num_classes: int, blocks=feature_pyramid.DEFAULT_BLOCKS,
+                 levels: Optional[int] = None, fpn_filters: int = 64, anchor_sizes=None, anchor_scales=(1.0, 1.5),
+                 aspect_ratios=(0.5, 1.0, 2.0),
                  rpn_positive_iou: float = 0.7, rpn_negative_iou: float = 0.3, rpn_samples: int = 128,
                  proposal_iou: float = 0.7, proposals_train: int = 64, proposals_test: int = 32,
                  roi_size: int = 7, roi_samples: int = 32, roi_positive_fraction: float = 0.25,
-                 roi_positive_iou: float = 0.5, head_units: int = 128, seed: int = 0,
+                 roi_positive_iou: float = 0.5, head_units: int = 128, seed: int = 0, backbone=None,
                  name: str = "two_stage_detector", **kwargs):
         super().__init__(name=name, **kwargs)
         where = "detector(stage=two)"
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = _positive_int("num_classes", num_classes, where)
+        self.backbone = feature_pyramid.backbone_spec(backbone, blocks, where)
         self.blocks = [dict(b) for b in blocks]
-        self.levels = levels
+        self.levels = feature_pyramid.default_levels(self.backbone) if levels is None else levels
         self.fpn_filters = _positive_int("fpn_filters", fpn_filters, where)
-        strides = feature_pyramid.level_strides(self.image_shape, self.blocks, levels, where)
+        strides = feature_pyramid.pyramid_strides(self.image_shape, self.blocks, self.levels, self.backbone, where)
         self.anchor_sizes = _number_list("anchor_sizes", anchor_sizes or [4 * s for s in strides], where)
-        if len(self.anchor_sizes) != levels:
-            raise ValueError(f"{where}: invalid anchor_sizes={self.anchor_sizes}. Expected one size per level ({levels}).")
+        if len(self.anchor_sizes) != self.levels:
+            raise ValueError(f"{where}: invalid anchor_sizes={self.anchor_sizes}. Expected one size per level "
+                             f"({self.levels}).")
         self.anchor_scales = _number_list("anchor_scales", anchor_scales, where)
         self.aspect_ratios = _number_list("aspect_ratios", aspect_ratios, where)
         for key, value in (("rpn_positive_iou", rpn_positive_iou), ("rpn_negative_iou", rpn_negative_iou),
@@ -76,7 +80,8 @@ class TwoStageDetector(keras.Model):
         self.seed = int(seed)
         self.canonical_size = 4.0 * strides[0]
 
-        self.features = feature_pyramid.feature_network(self.image_shape, self.blocks, levels, self.fpn_filters)
+        self.features = feature_pyramid.feature_network(self.image_shape, self.blocks, self.levels, self.fpn_filters,
+                                                        backbone=self.backbone)
         per_location = anchor_ops.anchors_per_location(self.anchor_scales, self.aspect_ratios)
         small = keras.initializers.RandomNormal(stddev=0.01)
         self.rpn_conv = keras.layers.Conv2D(self.fpn_filters, 3, padding="same", activation="relu", name="rpn_conv")
@@ -217,7 +222,8 @@ class TwoStageDetector(keras.Model):
                                iou_threshold=iou_threshold, score_threshold=score_threshold)
 
     def get_config(self) -> dict:
-        return {"name": self.name, "image_shape": list(self.image_shape), "num_classes": self.num_classes,
+        return feature_pyramid.with_backbone(self.backbone, {
+                "name": self.name, "image_shape": list(self.image_shape), "num_classes": self.num_classes,
                 "blocks": self.blocks, "levels": self.levels, "fpn_filters": self.fpn_filters,
                 "anchor_sizes": self.anchor_sizes, "anchor_scales": self.anchor_scales,
                 "aspect_ratios": self.aspect_ratios, "rpn_positive_iou": self.rpn_positive_iou,
@@ -225,4 +231,4 @@ class TwoStageDetector(keras.Model):
                 "proposal_iou": self.proposal_iou, "proposals_train": self.proposals_train,
                 "proposals_test": self.proposals_test, "roi_size": self.roi_size, "roi_samples": self.roi_samples,
                 "roi_positive_fraction": self.roi_positive_fraction, "roi_positive_iou": self.roi_positive_iou,
-                "head_units": self.head_units, "seed": self.seed}
+                "head_units": self.head_units, "seed": self.seed})

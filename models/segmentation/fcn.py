@@ -18,6 +18,12 @@ the same resolution: `add` projects them with a 1x1 conv and adds them (FCN-8s),
 concatenates them (U-Net). Each decoder stage ends with the channel count of the next shallower
 pool's output, so the next max unpooling gets values shaped like its argmax.
 
+With `backbone={"name": ..., "weights": ..., "trainable": ...}` (models/backbones/) the encoder is
+a keras.applications network instead of the blocks, and the skips come from its maps at strides
+8, 16 and 32: the stride-32 map is upsampled twice, taking the stride-16 and stride-8 skips on
+the way (FCN-8s), classified at stride 8 by a 1x1 conv, and upsampled 8x to the input size.
+`max_unpool` needs the encoder's own pooling indices, so it is refused with a backbone.
+
 `to_fully_convolutional(classifier)` rewrites a classifier with a dense head (the `cnn` builder's
 output, or any functional Keras model of the same kinds of layers) as an all-convolutional model:
 Dense -> Conv2D with the same weights reshaped (1x1, or the feature-map size after a Flatten), and
@@ -33,6 +39,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from models import backbones
 from models.layers.bed_of_nails import BedOfNails2D
 from models.layers.fused_batch_normalization import FusedBatchNormalization
 from models.layers.max_pooling_with_argmax import MaxPoolingWithArgmax2D
@@ -145,11 +152,11 @@ def _upsample(x, method: str, size: tuple[int, int], name: str, *, argmax=None, 
 @MODELS.register("fcn")
 def build_fcn(input_shape, num_classes: int, *, blocks=DEFAULT_BLOCKS, upsampling: str = "nearest",
               skip: str = "concat", decoder_convs: int = 1, batch_norm: bool = True, nail_position=(0, 0),
-              name: str = "fcn", **unknown) -> keras.Model:
+              backbone=None, name: str = "fcn", **unknown) -> keras.Model:
     """Image [H, W, C] -> per-pixel logits [H, W, num_classes] (float32)."""
     if unknown:
         raise ValueError(f"fcn: unknown parameter(s) {sorted(unknown)}. Expected: blocks, upsampling, skip, "
-                         f"decoder_convs, batch_norm, nail_position, name.")
+                         f"decoder_convs, batch_norm, nail_position, backbone, name.")
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or any(s is not None and (not isinstance(s, int) or s < 1) for s in input_shape):
         _fail("input_shape", input_shape, "(height, width, channels) of positive ints (height/width may be None)")
@@ -161,6 +168,15 @@ def build_fcn(input_shape, num_classes: int, *, blocks=DEFAULT_BLOCKS, upsamplin
     _positive_int("decoder_convs", decoder_convs)
     if batch_norm not in (True, False):
         _fail("batch_norm", batch_norm, "true or false")
+    spec = backbones.parse_spec(backbone, "fcn")
+    if spec is not None:
+        if blocks is not DEFAULT_BLOCKS:
+            _fail("blocks", blocks, "no blocks with a backbone (the backbone is the encoder)")
+        if upsampling == "max_unpool":
+            _fail("upsampling", upsampling, "'nearest', 'bed_of_nails', 'transposed' or 'bilinear' with a backbone "
+                                            "(max unpooling needs the encoder's own pooling indices)")
+        return _build_on_backbone(spec, input_shape, num_classes, upsampling, skip, decoder_convs, batch_norm,
+                                  _nail(nail_position), name)
     if not isinstance(blocks, (list, tuple)) or not blocks:
         _fail("blocks", blocks, "a non-empty list of block dicts")
     parsed = [parse_block(i, raw) for i, raw in enumerate(blocks)]
@@ -201,6 +217,35 @@ def build_fcn(input_shape, num_classes: int, *, blocks=DEFAULT_BLOCKS, upsamplin
         for c in range(1, decoder_convs + 1):
             x = _conv(x, filters, block.kernel_size, batch_norm, f"decoder{n}_{c}")
     outputs = keras.layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+BACKBONE_DECODER_FILTERS = 256
+"""Most channels a decoder stage on a backbone keeps (ResNet's stride-16 map has 1024)."""
+
+
+def _build_on_backbone(spec, input_shape, num_classes: int, upsampling: str, skip: str, decoder_convs: int,
+                       batch_norm: bool, nail: tuple[int, int], name: str) -> keras.Model:
+    """Backbone maps at strides 8/16/32 -> FCN-8s decoder -> logits at the input size."""
+    if upsampling == "bed_of_nails" and not all(p < 2 for p in nail):
+        _fail("nail_position", list(nail), "a [row, col] inside the 2x2 windows a backbone's decoder upsamples by")
+    encoder = backbones.build(spec, input_shape, "fcn", taps=True)
+    inputs = keras.Input(tuple(input_shape), name="image")
+    stride8, stride16, x = encoder(inputs)
+    for stride, before in ((16, stride16), (8, stride8)):
+        x = _upsample(x, upsampling, (2, 2), f"decoder{stride}_up", nail_position=nail)
+        filters = min(before.shape[-1], BACKBONE_DECODER_FILTERS)
+        if skip == "add":
+            x = keras.layers.Conv2D(filters, 1, name=f"decoder{stride}_proj")(x)
+            x = keras.layers.Add(name=f"decoder{stride}_skip")(
+                [x, keras.layers.Conv2D(filters, 1, name=f"decoder{stride}_skip_proj")(before)])
+        elif skip == "concat":
+            x = keras.layers.Concatenate(name=f"decoder{stride}_skip")([x, before])
+        for c in range(1, decoder_convs + 1):
+            x = _conv(x, filters, (3, 3), batch_norm, f"decoder{stride}_{c}")
+    x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
+    x = _upsample(x, upsampling, (8, 8), "decoder1_up", nail_position=nail)
+    outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
