@@ -30,6 +30,7 @@ setup(
         "pillow>=10",
         "apscheduler>=3.10,<4",
         "jsonschema>=4.20",
+        "pyyaml>=6",  # the yolo source reads data.yaml
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pycocotools>=2.0.7"],  # pycocotools: the mAP reference

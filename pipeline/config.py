@@ -95,6 +95,26 @@ class CocoSource(Strict):
     images: str
 
 
+class VocSource(Strict):
+    """A Pascal VOC tree: Annotations/*.xml, JPEGImages/, ImageSets/Main/<image_set>.txt (when present)."""
+    name: Literal["voc"] = "voc"
+    path: str = Field(..., description="The folder holding Annotations/ and JPEGImages/ (e.g. VOCdevkit/VOC2007).")
+    image_set: Optional[str] = Field(
+        "trainval", description="Read the ids in ImageSets/Main/<image_set>.txt; when the default's file is absent, "
+                                "or with null, every Annotations/*.xml.")
+    class_names: Optional[list[str]] = Field(
+        None, description="Object names in label order (VOC's 20); default the sorted names found in the XMLs.")
+
+
+class YoloSource(Strict):
+    """A YOLO tree: images/, labels/*.txt (class cx cy w h, normalised) and data.yaml naming the classes."""
+    name: Literal["yolo"] = "yolo"
+    path: str = Field(..., description="The folder holding images/ and labels/.")
+    data_yaml: Optional[str] = Field(None, description="The YAML with `names`; default <path>/data.yaml.")
+    extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp"],
+                                  description="Image file extensions under images/.")
+
+
 class MaskFolderSource(Strict):
     """images/ and masks/ with matching file names; masks are PNG class ids or palette PNGs."""
     name: Literal["mask_folder"] = "mask_folder"
@@ -117,7 +137,8 @@ class VideoFolderSource(Strict):
 
 
 Source = Annotated[
-    Union[SyntheticSource, ImageFolderSource, TfdsSource, CocoSource, MaskFolderSource, VideoFolderSource],
+    Union[SyntheticSource, ImageFolderSource, TfdsSource, CocoSource, VocSource, YoloSource, MaskFolderSource,
+          VideoFolderSource],
     Field(discriminator="name"),
 ]
 
