@@ -296,11 +296,39 @@ class EvaluateSection(Strict):
     top_k: PositiveInt = Field(2, description="k of the top-k accuracy (capped at the number of classes).")
 
 
+class FormatTolerance(Strict):
+    """Largest |difference| from the Keras model, on the probe images, that each format may show."""
+    tflite: Annotated[float, Field(ge=0.0)] = 1e-4
+    tflite_int8: Annotated[float, Field(ge=0.0)] = Field(
+        0.1, description="For tflite_quantization=dynamic_int8 (weights rounded to 8 bits move outputs by ~1e-2).")
+    onnx: Annotated[float, Field(ge=0.0)] = 1e-4
+
+
+ExportFormat = Literal["saved_model", "tflite", "onnx"]
+
+
 class ExportSection(Strict):
     serving_root: str = "serving"
     model_name: str = "convpipe"
     tolerance: Annotated[float, Field(gt=0.0)] = 1e-4
     max_detections: PositiveInt = 20
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: ["saved_model"],
+        description="Files of each pushed version: the SavedModel (always; TF Serving), plus model.tflite (LiteRT) "
+                    "and model.onnx, each converted from the float signature and checked in a fresh process.")
+    tflite_quantization: Literal["float32", "dynamic_int8"] = Field(
+        "float32", description="dynamic_int8: weights stored as int8 (a quarter of the size), activations float.")
+    format_tolerance: FormatTolerance = Field(default_factory=FormatTolerance)
+
+    @field_validator("formats")
+    @classmethod
+    def _saved_model_first(cls, formats):
+        if "saved_model" not in formats:
+            raise ValueError("a list holding \"saved_model\" (tflite and onnx are converted from it and sit beside it "
+                             "in the version directory)")
+        if len(set(formats)) != len(formats):
+            raise ValueError("each format once")
+        return formats
 
 
 class PipelineConfig(Strict):
@@ -354,6 +382,8 @@ def _describe_error(err: dict) -> str:
         expected = f"an object with a {ctx.get('discriminator', 'name')} key choosing its kind"
     elif kind in ("literal_error", "union_tag_invalid"):
         expected = err["msg"].replace("Input should be ", "one of ").replace("Input tag", "tag")
+    elif kind == "value_error":
+        expected = err["msg"].removeprefix("Value error, ")
     elif kind == "missing":
         return f"{path}: required key is missing"
     else:
