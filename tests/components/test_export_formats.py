@@ -107,3 +107,24 @@ def test_formats_need_the_saved_model_and_an_image_task():
     assert load_config().export.formats == ["saved_model"]
     with pytest.raises(ConfigError, match=r"export.formats: \['tflite'\] convert image models .* ingest.task is 'video'"):
         check(load_config(None, ["ingest.task=video", 'export.formats=["saved_model", "tflite"]']))
+
+
+@pytest.mark.slow
+def test_a_default_run_with_every_format_writes_all_three(tmp_path, capsys, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    serving_root = tmp_path / "serving"
+    code = main(["run", "--root", str(tmp_path / "root"), "--set", f"export.serving_root={serving_root}",
+                 "--set", 'export.formats=["saved_model", "tflite", "onnx"]',
+                 "--set", "ingest.source.num_examples=120", "--set", "train.epochs=1", "--set", "augment.enabled=false",
+                 "--set", 'evaluate.thresholds={"accuracy": 0.0}', "--set", "train.num_sample_images=0",
+                 "--set", "evaluate.num_sample_images=0"])
+    assert code == 0, capsys.readouterr().out
+    version = serving_root / "convpipe" / "1"
+    assert all((version / name).is_file() for name in ("saved_model.pb", "model.tflite", "model.onnx"))
+    formats = json.loads((version / "assets.extra" / "convpipe.json").read_text())["formats"]
+    assert sorted(formats) == ["onnx", "saved_model", "tflite"]
+    for kind in ("tflite", "onnx"):
+        assert formats[kind]["max_abs_difference"] <= formats[kind]["tolerance"] == 1e-4
+        assert formats[kind]["probe_images"] >= 1
