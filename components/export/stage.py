@@ -9,7 +9,7 @@ next numeric version.
 TF Serving loads any numeric directory it sees, half-copied or not (tensorflow/serving#1086), so
 a version appears complete or not at all. A failed check removes the temporary directory.
 
-`export.formats` may add `model.tflite` and `model.onnx` to the version (components/formats/):
+`export.formats` may add `model.tflite` and `model.onnx` to the version (components/export/):
 each is converted from the float signature, run in a fresh process by its own runtime on the same
 probe inputs and compared with the Keras model; its largest difference is written into the
 version's `assets.extra/convpipe.json` ("formats") and pushed.json, and a format past its
@@ -124,10 +124,10 @@ def executor(ctx: ExecutionContext) -> None:
 
 
 def _write_formats(ctx: ExecutionContext, temporary: Path, model, task, probe_dir: Path, info: dict) -> dict:
-    """export.formats besides the SavedModel (components/formats/writer.py), written into the
+    """export.formats besides the SavedModel (components/export/formats.py), written into the
     temporary version directory, so they are renamed into place with it or not at all."""
     from components import serving
-    from components.formats.writer import FormatRefused, record_in_info, write_formats
+    from components.export.formats import FormatRefused, record_in_info, write_formats
 
     section = ctx.config.export
     if section.formats == ["saved_model"]:
@@ -145,7 +145,7 @@ def _write_formats(ctx: ExecutionContext, temporary: Path, model, task, probe_di
 
 def check(config: PipelineConfig) -> None:
     """TFLite and ONNX take float images: refused at once for a task whose inputs are not images."""
-    from components.formats.writer import IMAGE_TASKS
+    from components.export.formats import IMAGE_TASKS
 
     extra = [f for f in config.export.formats if f != "saved_model"]
     if extra and config.ingest.task not in IMAGE_TASKS:

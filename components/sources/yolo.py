@@ -30,7 +30,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from components.examples import RecordError, decode_image
-from models import boxes as box_ops
+from models.detection import boxes as box_ops
 
 TASKS = ("detection",)
 IMAGE_ITEM, LINE_ITEM, LABEL_ITEM = "image/", "line/", "label/"

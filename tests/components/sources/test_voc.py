@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from components import examples as ex
-from components import ingest
+from components.ingest import stage as ingest
 from components.examples import RecordError
 from components.sources.voc import Reader
 from pipeline.config import ConfigError, parse_config

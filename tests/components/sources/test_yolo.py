@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from components import examples as ex
-from components import ingest
+from components.ingest import stage as ingest
 from components.examples import RecordError
 from components.sources.yolo import Reader, read_names
 from pipeline.config import parse_config

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from convpipe.cli import main
 from tests.components.sources.trees import write_voc, write_yolo
 from tests.models.detection.coco_reference import SUMMARY_KEYS, pycocotools_eval
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FAST = ["train.batch_size=16", "train.num_sample_images=0", "augment.enabled=false",
         "evaluate.num_sample_images=0", 'evaluate.thresholds={"mAP": 0.0}', "ingest.num_shards=1"]
 

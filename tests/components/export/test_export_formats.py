@@ -39,7 +39,7 @@ def _classifier(tmp_path, filters: int = 4):
 
 @pytest.mark.slow
 def test_a_classifier_in_both_formats_matches_keras(tmp_path):
-    from components.formats.writer import write_formats
+    from components.export.formats import write_formats
 
     model, task, info, images = _classifier(tmp_path)
     described = write_formats(["saved_model", "tflite", "onnx"], tmp_path / "version", model, task, info, images,
@@ -56,10 +56,10 @@ def test_a_classifier_in_both_formats_matches_keras(tmp_path):
 
 @pytest.mark.slow
 def test_dynamic_int8_is_smaller_and_a_format_past_its_tolerance_is_refused(tmp_path):
-    from components.formats.writer import FormatRefused, write_formats
+    from components.export.formats import FormatRefused, write_formats
 
     model, task, info, images = _classifier(tmp_path, filters=64)  # 1728 weights: quantized (over 1024)
-    float_size = len(__import__("components.formats.tflite", fromlist=["convert"]).convert(
+    float_size = len(__import__("components.export.tflite", fromlist=["convert"]).convert(
         tmp_path / "version", "serving_images"))
     section = _section(formats=["saved_model", "tflite"], tflite_quantization="dynamic_int8")
     described = write_formats(section.formats, tmp_path / "version", model, task, info, images, section,
@@ -79,9 +79,9 @@ def test_dynamic_int8_is_smaller_and_a_format_past_its_tolerance_is_refused(tmp_
 @pytest.mark.slow
 def test_a_detector_keeps_nms_in_onnx_and_leaves_it_out_of_tflite(tmp_path):
     from components import serving
-    from components.formats.writer import write_formats
+    from components.export.formats import write_formats
     from components.tasks import get_task
-    from tests.components.test_detection_task import CLASS_NAMES, SIZE, tiny_detector
+    from tests.components.tasks.test_detection_task import CLASS_NAMES, SIZE, tiny_detector
 
     task = get_task("detection")
     model = tiny_detector()
@@ -100,7 +100,7 @@ def test_a_detector_keeps_nms_in_onnx_and_leaves_it_out_of_tflite(tmp_path):
 
 
 def test_formats_need_the_saved_model_and_an_image_task():
-    from components.export import check
+    from components.export.stage import check
 
     with pytest.raises(ConfigError, match='export.formats: expected a list holding "saved_model"'):
         load_config(None, ['export.formats=["onnx"]'])
@@ -111,7 +111,7 @@ def test_formats_need_the_saved_model_and_an_image_task():
 
 @pytest.mark.slow
 def test_a_default_run_with_every_format_writes_all_three(tmp_path, capsys, monkeypatch):
-    from pipeline.cli import main
+    from convpipe.cli import main
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     serving_root = tmp_path / "serving"

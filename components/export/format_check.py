@@ -5,7 +5,7 @@ TensorFlow's traced functions) is in reach, only the runtime a user would load i
 interpreter, onnxruntime). Inputs and outputs travel as .npz (no pickle); string outputs come back
 as unicode arrays.
 
-    python -m components.formats.format_check tflite model.tflite serving_images in.npz out.npz
+    python -m components.export.format_check tflite model.tflite serving_images in.npz out.npz
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def run_in_fresh_process(kind: str, path: str | Path, signature: str, inputs: Ma
     project = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=project + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    process = subprocess.run([sys.executable, "-m", "components.formats.format_check", kind, str(path), signature,
+    process = subprocess.run([sys.executable, "-m", "components.export.format_check", kind, str(path), signature,
                               str(request), str(answer)], capture_output=True, text=True, env=env, timeout=timeout)
     if process.returncode != 0:
         tail = "\n".join((process.stdout + process.stderr).strip().splitlines()[-15:])
@@ -54,10 +54,10 @@ def main(argv) -> int:
     with np.load(request, allow_pickle=False) as data:
         inputs = {key: data[key] for key in data.files}
     if kind == "tflite":
-        from components.formats import tflite
+        from components.export import tflite
         outputs = tflite.run(path, signature, inputs)
     else:
-        from components.formats import onnx
+        from components.export import onnx
         outputs = onnx.run(path, inputs)
     np.savez(answer, **{key: _as_text(value) for key, value in outputs.items()})
     return 0

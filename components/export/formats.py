@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from components.formats import format_check, onnx, tflite
+from components.export import format_check, onnx, tflite
 
 IMAGE_TASKS = ("classification", "segmentation", "detection", "multitask")
 FLOAT_SIGNATURE = "serving_images"

@@ -4,7 +4,7 @@ interpreter (`ai-edge-litert`; `tf.lite.Interpreter`, deprecated, when it is not
 Only TFLite builtin ops are allowed: a file that needs TF Select (Flex) ops runs neither in the
 pip LiteRT interpreter nor on a phone without the Select-ops library, so `convert` refuses such a
 graph with `NeedsSelectOps` naming the ops, and the caller decides what to export instead (the
-detectors' `CombinedNonMaxSuppression` is such an op: components/formats/stage_formats.py).
+detectors' `CombinedNonMaxSuppression` is such an op: components/export/formats.py).
 Quantization: "float32" (none) or "dynamic_int8" (weights stored as int8, activations float:
 `Optimize.DEFAULT` without a representative dataset).
 """
