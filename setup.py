@@ -35,6 +35,7 @@ setup(
         "psycopg[binary]>=3.2,<4",  # --metadata postgresql+psycopg://...
         "fsspec>=2024.6",  # artifact roots as URLs (pipeline/filesystem.py)
         "s3fs>=2024.6",  # ... s3:// among them; keep it on the release that matches fsspec
+        "pyyaml>=6",  # the yolo source reads data.yaml
     ],
     extras_require={
         # pycocotools: the mAP reference; moto[server] and pgserver: the S3 and Postgres servers the tests start

@@ -98,6 +98,26 @@ class CocoSource(Strict):
     images: str
 
 
+class VocSource(Strict):
+    """A Pascal VOC tree: Annotations/*.xml, JPEGImages/, ImageSets/Main/<image_set>.txt (when present)."""
+    name: Literal["voc"] = "voc"
+    path: str = Field(..., description="The folder holding Annotations/ and JPEGImages/ (e.g. VOCdevkit/VOC2007).")
+    image_set: Optional[str] = Field(
+        "trainval", description="Read the ids in ImageSets/Main/<image_set>.txt; when the default's file is absent, "
+                                "or with null, every Annotations/*.xml.")
+    class_names: Optional[list[str]] = Field(
+        None, description="Object names in label order (VOC's 20); default the sorted names found in the XMLs.")
+
+
+class YoloSource(Strict):
+    """A YOLO tree: images/, labels/*.txt (class cx cy w h, normalised) and data.yaml naming the classes."""
+    name: Literal["yolo"] = "yolo"
+    path: str = Field(..., description="The folder holding images/ and labels/.")
+    data_yaml: Optional[str] = Field(None, description="The YAML with `names`; default <path>/data.yaml.")
+    extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp"],
+                                  description="Image file extensions under images/.")
+
+
 class MaskFolderSource(Strict):
     """images/ and masks/ with matching file names; masks are PNG class ids or palette PNGs."""
     name: Literal["mask_folder"] = "mask_folder"
@@ -120,7 +140,8 @@ class VideoFolderSource(Strict):
 
 
 Source = Annotated[
-    Union[SyntheticSource, ImageFolderSource, TfdsSource, CocoSource, MaskFolderSource, VideoFolderSource],
+    Union[SyntheticSource, ImageFolderSource, TfdsSource, CocoSource, VocSource, YoloSource, MaskFolderSource,
+          VideoFolderSource],
     Field(discriminator="name"),
 ]
 
@@ -304,11 +325,39 @@ class EvaluateSection(Strict):
     top_k: PositiveInt = Field(2, description="k of the top-k accuracy (capped at the number of classes).")
 
 
+class FormatTolerance(Strict):
+    """Largest |difference| from the Keras model, on the probe images, that each format may show."""
+    tflite: Annotated[float, Field(ge=0.0)] = 1e-4
+    tflite_int8: Annotated[float, Field(ge=0.0)] = Field(
+        0.1, description="For tflite_quantization=dynamic_int8 (weights rounded to 8 bits move outputs by ~1e-2).")
+    onnx: Annotated[float, Field(ge=0.0)] = 1e-4
+
+
+ExportFormat = Literal["saved_model", "tflite", "onnx"]
+
+
 class ExportSection(Strict):
     serving_root: str = "serving"
     model_name: str = "convpipe"
     tolerance: Annotated[float, Field(gt=0.0)] = 1e-4
     max_detections: PositiveInt = 20
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: ["saved_model"],
+        description="Files of each pushed version: the SavedModel (always; TF Serving), plus model.tflite (LiteRT) "
+                    "and model.onnx, each converted from the float signature and checked in a fresh process.")
+    tflite_quantization: Literal["float32", "dynamic_int8"] = Field(
+        "float32", description="dynamic_int8: weights stored as int8 (a quarter of the size), activations float.")
+    format_tolerance: FormatTolerance = Field(default_factory=FormatTolerance)
+
+    @field_validator("formats")
+    @classmethod
+    def _saved_model_first(cls, formats):
+        if "saved_model" not in formats:
+            raise ValueError("a list holding \"saved_model\" (tflite and onnx are converted from it and sit beside it "
+                             "in the version directory)")
+        if len(set(formats)) != len(formats):
+            raise ValueError("each format once")
+        return formats
 
 
 class PipelineConfig(Strict):
@@ -362,6 +411,8 @@ def _describe_error(err: dict) -> str:
         expected = f"an object with a {ctx.get('discriminator', 'name')} key choosing its kind"
     elif kind in ("literal_error", "union_tag_invalid"):
         expected = err["msg"].replace("Input should be ", "one of ").replace("Input tag", "tag")
+    elif kind == "value_error":
+        expected = err["msg"].removeprefix("Value error, ")
     elif kind == "missing":
         return f"{path}: required key is missing"
     else:

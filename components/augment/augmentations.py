@@ -249,6 +249,8 @@ def apply_plan(record: dict, plan: Plan) -> dict:
     for box_key, label_key in (("boxes", "box_labels"), ("crowd_boxes", "crowd_labels")):
         if box_key in record:
             out[box_key], out[label_key] = _move_boxes(record[box_key], record.get(label_key), plan, height, width)
+    if "box_flags" in record and plan.crop is not None:  # a crop may drop boxes: the per-box flags no longer align
+        out.pop("box_flags")
     return out
 
 

@@ -17,10 +17,12 @@ one file. A record, before encoding and after decoding, is a plain dict:
     crowd_boxes: float32 [C, 4]; crowd_labels: int64 [C]   (detection, optional: COCO `iscrowd`
                                                 regions, never training targets, matched as
                                                 "ignore" by the evaluation)
+    box_flags: {"difficult", "truncated": int64 [N + C]}  (detection, optional: VOC's flags per
+                                                box, boxes then crowd boxes; kept, not used)
     frames: uint8 [T, H, W, C]                  (video)
 """
 from components.examples.keys import (  # noqa: F401
-    BOX_CROWD, BOX_KEYS, BOX_LABEL, CHANNELS, DEAD_LETTER_FILE, HEIGHT, ID, IMAGE, IMAGE_FORMAT, LABEL, MASK, MAX_BOXES,
+    BOX_CROWD, BOX_FLAGS, BOX_KEYS, BOX_LABEL, CHANNELS, DEAD_LETTER_FILE, HEIGHT, ID, IMAGE, IMAGE_FORMAT, LABEL, MASK, MAX_BOXES,
     NUM_FRAMES, RecordError, SCHEMA_FILE, SHARD_SUFFIX, SOURCE, SPLITS, STATS_FILE, VIDEO, VIDEO_LABEL, WIDTH)
 from components.examples.images import (  # noqa: F401
     decode_image, decode_mask, encode_image)

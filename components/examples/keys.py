@@ -24,6 +24,11 @@ BOX_LABEL = "image/object/class/label"
 BOX_CROWD = "image/object/is_crowd"
 """int64 per box, 1 for a crowd region (TF Object Detection API key). Crowd boxes are stored after
 the others in the same bbox/label lists; the key is written only when a record has crowd boxes."""
+BOX_FLAGS = {"difficult": "image/object/difficult", "truncated": "image/object/truncated"}
+"""Optional int64 flags per box (TF Object Detection API keys, Pascal VOC's), in the bbox lists'
+order (ordinary boxes, then crowd boxes); a record's `box_flags` {name: [N + C]}. Kept as data:
+no stage trains or scores on them (a VOC difficult object is already an ignore region, stored as
+a crowd box: components/sources/voc.py)."""
 VIDEO = "video/encoded"
 NUM_FRAMES = "video/num_frames"
 VIDEO_LABEL = "video/class/label"

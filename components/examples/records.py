@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from components.examples.images import decode_image, decode_mask, encode_image
-from components.examples.keys import (BOX_CROWD, BOX_KEYS, BOX_LABEL, CHANNELS, HEIGHT, ID, IMAGE, IMAGE_FORMAT, LABEL,
+from components.examples.keys import (BOX_CROWD, BOX_FLAGS, BOX_KEYS, BOX_LABEL, CHANNELS, HEIGHT, ID, IMAGE, IMAGE_FORMAT, LABEL,
                                        MASK, NUM_FRAMES, RecordError, SOURCE, VIDEO, VIDEO_LABEL, WIDTH)
 
 
@@ -71,6 +71,12 @@ def encode_example(record: dict, image_format: str = "png") -> bytes:
             for key, column in zip(BOX_KEYS, boxes.T):
                 feature[key] = _floats(column)
             feature[BOX_LABEL] = _ints(labels)
+            for name, values in record.get("box_flags", {}).items():
+                values = np.asarray(values, dtype=np.int64).reshape(-1)
+                if name not in BOX_FLAGS or len(values) != len(boxes):
+                    raise RecordError(f"box_flags.{name}: expected one of {sorted(BOX_FLAGS)} with {len(boxes)} "
+                                      f"values (boxes, then crowd boxes), got {len(values)}")
+                feature[BOX_FLAGS[name]] = _ints(values)
     # deterministic=True: a map's entries in key order, so the same record is the same bytes in
     # every process (the default order follows Python's per-process hash seed), and the shards,
     # written in the order of these bytes' digests (ordered_shards.py), are the same files.
@@ -128,4 +134,7 @@ def decode_example(serialized: bytes) -> dict:
         record["boxes"], record["box_labels"] = boxes[~crowd], labels[~crowd]
         if crowd.any():
             record["crowd_boxes"], record["crowd_labels"] = boxes[crowd], labels[crowd]
+        flags = {name: np.asarray(f[key].int64_list.value, dtype=np.int64) for name, key in BOX_FLAGS.items() if key in f}
+        if flags:
+            record["box_flags"] = flags
     return record

@@ -9,7 +9,13 @@ next numeric version.
 TF Serving loads any numeric directory it sees, half-copied or not (tensorflow/serving#1086), so
 a version appears complete or not at all. A failed check removes the temporary directory.
 
-Output `pushed.json`: {"pushed", "version", "path", "max_abs_difference", "reason"}.
+`export.formats` may add `model.tflite` and `model.onnx` to the version (components/export/):
+each is converted from the float signature, run in a fresh process by its own runtime on the same
+probe inputs and compared with the Keras model; its largest difference is written into the
+version's `assets.extra/convpipe.json` ("formats") and pushed.json, and a format past its
+`export.format_tolerance` stops the push.
+
+Output `pushed.json`: {"pushed", "version", "path", "max_abs_difference", "formats", "reason"}.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from pathlib import Path
 
 
 from pipeline import filesystem
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
 
 PUSHED_FILE = "pushed.json"
@@ -110,6 +116,7 @@ def executor(ctx: ExecutionContext) -> None:
             raise StageError(f"export: the SavedModel loaded in a fresh process disagrees with the Keras model on "
                              f"the probe inputs: max |difference| of outputs {differences} "
                              f"(expected < export.tolerance = {tolerance}); nothing was pushed")
+        formats = _write_formats(ctx, temporary, model, task, probe_dir, info)
         target = next_version_dir(serving_dir, temporary)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -123,7 +130,38 @@ def executor(ctx: ExecutionContext) -> None:
     version = int(str(target).rstrip("/").rsplit("/", 1)[-1])
     ctx.log.info("export: pushed version %d to %s (max |difference| %.2g)", version, target, max(differences.values()))
     _record(ctx, {"pushed": True, "version": version, "path": str(target), "max_abs_difference": differences,
-                  "signatures": list(task.signatures)})
+                  "signatures": list(task.signatures),
+                  "formats": {"saved_model": {"max_abs_difference": differences}, **formats}})
+
+
+def _write_formats(ctx: ExecutionContext, temporary: Path, model, task, probe_dir: Path, info: dict) -> dict:
+    """export.formats besides the SavedModel (components/export/formats.py), written into the
+    temporary version directory, so they are renamed into place with it or not at all."""
+    from components import serving
+    from components.export.formats import FormatRefused, record_in_info, write_formats
+
+    section = ctx.config.export
+    if section.formats == ["saved_model"]:
+        return {}
+    encoded = [p.read_bytes() for p in sorted(probe_dir.iterdir()) if p.is_file()]
+    images = task.decode_inputs(encoded, {"image_size": info["input_shape"]})
+    try:
+        described = write_formats(section.formats, temporary, model, task, info, images, section,
+                                  Path(ctx.work_dir) / "formats", ctx.log)
+    except FormatRefused as exc:
+        raise StageError(f"export: {exc}; nothing was pushed") from exc
+    record_in_info(temporary, serving.INFO_FILE, described)
+    return described
+
+
+def check(config: PipelineConfig) -> None:
+    """TFLite and ONNX take float images: refused at once for a task whose inputs are not images."""
+    from components.export.formats import IMAGE_TASKS
+
+    extra = [f for f in config.export.formats if f != "saved_model"]
+    if extra and config.ingest.task not in IMAGE_TASKS:
+        raise ConfigError(f"export.formats: {extra} convert image models ({', '.join(IMAGE_TASKS)}); "
+                          f"ingest.task is {config.ingest.task!r}, exported as saved_model only")
 
 
 STAGE = Stage(
@@ -132,5 +170,6 @@ STAGE = Stage(
     outputs={"pushed": "PushedModel"},
     executor=executor,
     parameters=parameters,
+    check=check,
     module=__name__,
 )

@@ -25,6 +25,8 @@ SOURCE_MODULES = {
     "image_folder": "components.sources.image_folder",
     "tfds": "components.sources.tfds",
     "coco": "components.sources.coco",
+    "voc": "components.sources.voc",
+    "yolo": "components.sources.yolo",
     "mask_folder": "components.sources.mask_folder",
     "video_folder": "components.sources.video_folder",
 }

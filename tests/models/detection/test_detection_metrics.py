@@ -1,12 +1,10 @@
 """COCO mAP on hand-made cases with known answers, and against pycocotools (a test dependency: setup.py's
 `test` extra) on random cases."""
-import contextlib
-import io
-
 import numpy as np
 import pytest
 
 from models.detection.metrics import CocoEvaluator
+from tests.models.detection.coco_reference import SUMMARY_KEYS, ours, pycocotools_eval
 
 SIZE = (100, 100)  # image (H, W) in pixels; boxes below are pixels, passed as "xyxy"
 
@@ -129,46 +127,50 @@ def _random_case(rng, num_images=12, num_classes=3):
     return images
 
 
-def _pycocotools_stats(images, num_classes):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    def xywh(box, size):
-        h, w = size
-        return [box[0] * w, box[1] * h, (box[2] - box[0]) * w, (box[3] - box[1]) * h]
-
-    gts, dts = [], []
-    for image_id, (size, gt, gl, crowd, dets, scores, labels) in enumerate(images, start=1):
-        for box, label, is_crowd in zip(gt, gl, crowd):
-            b = xywh(box, size)
-            gts.append({"id": len(gts) + 1, "image_id": image_id, "category_id": int(label) + 1, "bbox": b,
-                        "area": b[2] * b[3], "iscrowd": int(is_crowd)})
-        for box, score, label in zip(dets, scores, labels):
-            dts.append({"image_id": image_id, "category_id": int(label) + 1, "bbox": xywh(box, size), "score": float(score)})
-    coco = COCO()
-    coco.dataset = {"images": [{"id": i + 1, "height": s[0][0], "width": s[0][1]} for i, s in enumerate(images)],
-                    "annotations": gts, "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-        result = coco.loadRes(dts) if dts else COCO()
-        evaluation = COCOeval(coco, result, "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return evaluation
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_agrees_with_pycocotools_on_random_splits(seed):
     rng = np.random.default_rng(seed)
     images = _random_case(rng)
-    reference = _pycocotools_stats(images, 3)
-    evaluator = CocoEvaluator(3)
-    for size, gt, gl, crowd, dets, scores, labels in images:
-        evaluator.add_image(gt, gl, dets, scores, labels, size, gt_crowd=crowd)
-    metrics = evaluator.evaluate()
-    keys = ["mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-            "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large"]
-    np.testing.assert_allclose([metrics.summary[k] for k in keys], reference.stats, atol=1e-6)
+    reference = pycocotools_eval(images, 3)
+    metrics = ours(images, 3)
+    np.testing.assert_allclose([metrics.summary[k] for k in SUMMARY_KEYS], reference.stats, atol=1e-6)
     np.testing.assert_allclose(metrics.precision, reference.eval["precision"], atol=1e-6)
     np.testing.assert_allclose(metrics.recall, reference.eval["recall"], atol=1e-6)
+
+
+def _image(gt=(), gl=(), crowd=None, dets=(), scores=(), labels=(), size=(120, 160)):
+    gt = np.reshape(np.asarray(gt, float), (-1, 4))
+    return (size, gt, np.asarray(gl, int), np.zeros(len(gt), bool) if crowd is None else np.asarray(crowd, bool),
+            np.reshape(np.asarray(dets, float), (-1, 4)), np.asarray(scores, float), np.asarray(labels, int))
+
+
+EDGE_CASES = {
+    # a crowd region absorbs every detection inside it, scored above or below the true positive
+    "crowd": [_image([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 1.0, 1.0]], [0, 0], [False, True],
+                     [[0.6, 0.6, 0.7, 0.7], [0.8, 0.8, 0.95, 0.95], [0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]],
+                     [0.99, 0.98, 0.5, 0.3], [0, 0, 0, 0]),
+              _image([[0.2, 0.2, 0.6, 0.5]], [1], [True], [[0.25, 0.25, 0.5, 0.45]], [0.7], [1]),
+              _image([[0.2, 0.2, 0.6, 0.5]], [1], None, [[0.2, 0.21, 0.6, 0.5]], [0.6], [1])],
+    # ground truth everywhere, not one detection: every AP and AR is 0
+    "no_detections": [_image([[0.1, 0.1, 0.5, 0.5]], [0]), _image([[0.2, 0.3, 0.9, 0.8], [0, 0, 0.1, 0.1]], [1, 0])],
+    # class 2 has detections but no ground truth: -1 for it, left out of every mean
+    "class_without_ground_truth": [
+        _image([[0.1, 0.1, 0.5, 0.5]], [0], None, [[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.5]], [0.9, 0.95], [0, 2]),
+        _image([[0.3, 0.3, 0.8, 0.9]], [1], None, [[0.3, 0.32, 0.8, 0.9], [0.6, 0.1, 0.7, 0.2]], [0.8, 0.85], [1, 2])],
+    # images without ground truth whose detections are all false positives
+    "negative_images": [_image([], [], None, [[0.1, 0.1, 0.3, 0.3]], [0.9], [0]),
+                        _image([[0.4, 0.4, 0.6, 0.6]], [0], None, [[0.4, 0.4, 0.6, 0.61]], [0.5], [0])],
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+def test_edge_cases_agree_with_pycocotools(case):
+    images = EDGE_CASES[case]
+    reference = pycocotools_eval(images, 3)
+    metrics = ours(images, 3)
+    np.testing.assert_allclose([metrics.summary[k] for k in SUMMARY_KEYS], reference.stats, atol=0.005)
+    np.testing.assert_allclose(metrics.precision, reference.eval["precision"], atol=1e-6)
+    if case == "no_detections":
+        assert metrics.summary["mAP"] == 0.0 and metrics.summary["AR100"] == 0.0
+    if case == "class_without_ground_truth":
+        assert metrics.per_class["2"]["AP"] == -1 and (reference.eval["precision"][:, :, 2] == -1).all()
