@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Optional
 
 from pipeline.console import EXIT_OK, EXIT_USAGE, load, print_json, root_of
