@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 from pipeline.config import ConfigError, PipelineConfig, json_schema, load_config
 from pipeline.console import (DEFAULT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM,  # noqa: F401
                               EXIT_USAGE, console_logging, load, print_json, sigterm_interrupts)
-from pipeline import console
+from pipeline import console, native_stderr
 from pipeline.history import cmd_runs, cmd_show
 from pipeline.database import DatabaseError
 from pipeline.filesystem import RootError
@@ -46,7 +46,7 @@ from pipeline.runner import Interrupted, Runner
 def cmd_run(args, stages=None) -> int:
     config = load(args)
     try:
-        with console_logging(args.verbose), sigterm_interrupts():
+        with console_logging(args.verbose, args.quiet), sigterm_interrupts():
             if stages is None:
                 from convpipe.stages import load_stages
                 stages = load_stages()
@@ -215,7 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run the selected stages even when cached")
     p.add_argument("--wait", action="store_true", help="wait for another run holding the root instead of exiting 75")
     p.add_argument("--json", action="store_true", help="print the run's outcome as JSON")
-    p.add_argument("-v", "--verbose", action="store_true")
+    loudness = p.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true",
+                          help="debug log lines, and TensorFlow's start-up notices as often as it prints them")
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="warnings and errors only, no progress bars, no TensorFlow start-up notices; the "
+                               "outcome lines on stdout stay")
 
     p = sub.add_parser("runs", help="one line per run: id, start, state, stages run or cached")
     common(p)
@@ -283,6 +288,22 @@ def main(argv: Optional[Sequence[str]] = None, *, stages=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger().addFilter(_drop_beam_bigquery_notice)
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Read before the parser is built (it imports TensorFlow): the notices it prints while loading
+    # pass through native_stderr's filter, once, or not at all with --quiet.
+    quiet = bool({"-q", "--quiet"} & set(argv)) and "run" in argv
+    verbose = bool({"-v", "--verbose"} & set(argv))
+    previous = os.environ.get("CONVPIPE_PROGRESS")
+    if quiet:
+        os.environ["CONVPIPE_PROGRESS"] = "plain"  # no bars (pipeline/progress.py), here and in child processes
+    try:
+        with native_stderr.once(quiet=quiet, enabled=not verbose):
+            return _main(argv, stages)
+    finally:
+        if quiet:
+            os.environ.pop("CONVPIPE_PROGRESS", None) if previous is None else os.environ.update(CONVPIPE_PROGRESS=previous)
+
+
+def _main(argv: list, stages) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "tensorboard":

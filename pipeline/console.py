@@ -56,11 +56,12 @@ def print_json(value) -> None:
 
 
 @contextmanager
-def console_logging(verbose: bool):
-    """Our log lines (and others' warnings) on stderr, for the duration of one command."""
+def console_logging(verbose: bool, quiet: bool = False):
+    """Our log lines (and others' warnings) on stderr, for the duration of one command: DEBUG and
+    up with --verbose, WARNING and up with --quiet, else INFO (the run's log file keeps INFO)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    level = logging.DEBUG if verbose else logging.INFO
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler.addFilter(lambda r: r.name.startswith("convpipe") or r.levelno >= logging.WARNING)
     handler.setLevel(level)
     convpipe = logging.getLogger("convpipe")

@@ -43,6 +43,9 @@ class Progress:
         self.stopped_early = False
         self.resumes: list[dict] = []
         self.seconds = 0.0
+        """Seconds spent in training steps, summed over epochs and resumes (history.json's `seconds`)."""
+        self.wall_seconds = 0.0
+        """Wall-clock seconds of the finished epochs (steps, evaluation, backups), over resumes."""
         self.loss_references: dict[str, float] = {}
         """The first step's loss per loss phase (divergence.DivergenceGuard)."""
 
@@ -54,7 +57,7 @@ class Progress:
             "best_epoch": self.best_epoch, "best_value": self.best_value, "best_weights": self.best_weights,
             "best_loss": self.best_loss,
             "wait": self.wait, "stopped_early": self.stopped_early, "resumes": self.resumes,
-            "seconds": self.seconds, "loss_references": self.loss_references,
+            "seconds": self.seconds, "wall_seconds": self.wall_seconds, "loss_references": self.loss_references,
         })
 
     def sync(self) -> None:
@@ -74,6 +77,15 @@ class Progress:
         self.epochs_done = row["epoch"]
         self.steps_in_epoch = 0
         self.partial = {}
+
+    def epoch_line(self, row: dict, epochs: int, epoch_seconds: float) -> str:
+        """The log line of a finished epoch: its metrics, then the epoch's own wall-clock seconds
+        and the elapsed total of the training so far (resumes included), named as such. (The row's
+        `seconds`, the running sum of step time, stays in history.json for comparisons.)"""
+        self.wall_seconds += epoch_seconds
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "steps", "seconds"))
+        return (f"epoch {row['epoch']}/{epochs}: {metrics}, epoch_seconds={epoch_seconds:.1f}, "
+                f"elapsed_seconds={self.wall_seconds:.1f}")
 
     def improved(self, monitor: str, value: float, loss: Optional[float] = None) -> bool:
         """Whether `value` of `monitor` beats the best so far; on a tie, whether `loss` is lower."""

@@ -138,19 +138,20 @@ class Plan:
 
 def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Optional[Callable[[], object]],
         plan: Plan, progress: Progress, end: EndOfEpoch, best: BestWeights, log: logging.Logger,
-        preemption=None, hooks=None) -> Progress:
+        preemption=None, hooks=None, step_bar=None) -> Progress:
     """Train from `progress` (fresh or restored) to `plan.epochs`; `train_data(epoch)` is a new
     global-batch dataset for that epoch, shuffled with a seed derived from the epoch. `end`
     (epoch_end.py) writes the step and epoch backups and the TensorBoard scalars and pictures, on
     this thread or beside the next epoch; it is not closed here. `preemption`
     (preemption.PreemptionBackups) hears of every step and may save a backup and raise Preempted.
     `hooks` (components/tasks/base.TrainingHooks) hears of every step before it runs and adds its
-    entries to every epoch's row."""
+    entries to every epoch's row. `step_bar` (pipeline.progress.StepBar) hears of every step's
+    images and loss, and is closed at the end of each epoch's steps."""
     guard = DivergenceGuard(plan.divergence_factor, plan.divergence_window, progress.loss_references)
     for epoch in range(progress.epochs_done + 1, plan.epochs + 1):
         if progress.stopped_early:
             break
-        started = time.monotonic()
+        started = epoch_started = time.monotonic()
         totals = dict(progress.partial)
         step = progress.steps_in_epoch
         dataset = train_data(epoch)
@@ -164,6 +165,8 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
             progress.global_step += 1
             loss = sums["loss"] / sums["count"] if sums["count"] else 0.0
             guard.check(loss, epoch, step, progress.global_step, hooks.loss_phase() if hooks is not None else "")
+            if step_bar is not None:
+                step_bar.step(epoch, step, sums["count"], loss)
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
             if plan.save_freq_steps and progress.global_step % plan.save_freq_steps == 0:
@@ -175,6 +178,8 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
                 progress.steps_in_epoch, progress.partial = step, dict(totals)
                 preemption.after_step(epoch, step)
         progress.seconds += time.monotonic() - started
+        if step_bar is not None:
+            step_bar.close()
 
         row = {"epoch": epoch, **averages(totals)}
         if eval_data is not None:
@@ -196,8 +201,7 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
             _check_monitor(plan.early_stopping_monitor, row)
             _early_stopping(progress, plan, row[plan.early_stopping_monitor], epoch, log)
 
-        log.info("epoch %d/%d: %s", epoch, plan.epochs,
-                 ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "steps")))
+        log.info("%s", progress.epoch_line(row, plan.epochs, time.monotonic() - epoch_started))
         end.epoch_end(progress, epoch, {k: row[k] for k in steps_metric_names(row)},
                       {k[4:]: row[k] for k in row if k.startswith("val_")}, row["learning_rate"])
     return progress

@@ -105,6 +105,7 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     from components.tasks import get_task
     from components.training.loop import Plan, StepFunctions, fit
     from components.training.tensorboard import TrainingLogs
+    from pipeline.progress import StepBar
     from components.training.train_input import EvalInput, TrainInput
 
     train = config.train
@@ -193,7 +194,8 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
         preemption = PreemptionBackups(strategy, checkpoint, progress, backups, log)
     try:
         fine_tune.fit_in_phases(fit, make_steps, train, model, optimizer, train_data, eval_data, plan, progress,
-                                end, best, log=log, preemption=preemption, hooks=hooks)
+                                end, best, log=log, preemption=preemption, hooks=hooks,
+                                step_bar=StepBar(steps_per_epoch, epochs) if placement.is_chief else None)
     finally:
         end.close()
         logs.close()
