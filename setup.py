@@ -36,6 +36,10 @@ setup(
         "fsspec>=2024.6",  # artifact roots as URLs (pipeline/filesystem.py)
         "s3fs>=2024.6",  # ... s3:// among them; keep it on the release that matches fsspec
         "pyyaml>=6",  # the yolo source reads data.yaml
+        # export.formats (components/export/): checked with pip beside tensorflow 2.21 and protobuf 6.33
+        "tf2onnx>=1.17,<1.18",  # the ONNX converter (pulls onnx 1.23)
+        "onnxruntime>=1.32,<1.33",  # runs model.onnx in export's check
+        "ai-edge-litert>=2.3,<2.4",  # the LiteRT interpreter for model.tflite (tf.lite.Interpreter is deprecated)
     ],
     extras_require={
         # pycocotools: the mAP reference; moto[server] and pgserver: the S3 and Postgres servers the tests start
