@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -148,7 +149,12 @@ def executor(ctx: ExecutionContext) -> None:
     model = load_keras_model(model_dir)
     history = _optional_json(model_dir, HISTORY_FILE, read_json)
     trial = _optional_json(model_dir, TRIAL_FILE, read_json)
+    ctx.log.info("evaluate: scoring %d test examples", len(test["id"]))
+    started = time.monotonic()
     evaluation = task.evaluate(model, test, schema, config.evaluate, out)
+    seconds = time.monotonic() - started
+    ctx.log.info("evaluate: %d test examples scored in %.1f s (%.0f examples/s, report included)",
+                 len(test["id"]), seconds, len(test["id"]) / seconds if seconds > 0 else 0.0)
     training = task.evaluate_training(history or {}, trial or {})
     evaluation.metrics.update(training.metrics)
     evaluation.sections.extend(training.sections)

@@ -28,6 +28,7 @@ from components.examples.ordered_shards import WriteOrderedShards
 from components.sources import SOURCE_MODULES, make_reader
 from pipeline import beam as beam_lib
 from pipeline.config import ConfigError, PipelineConfig
+from pipeline.progress import use_live_display
 from pipeline.stage import ExecutionContext, Stage, StageError
 
 PROGRESS_EVERY = 1000
@@ -147,19 +148,40 @@ def prepare(record: dict, rules: RecordRules) -> tuple[str, bytes, dict]:
 class ReadItem(beam.DoFn):
     """One source item -> its records; the whole item goes to the dead letter if reading fails."""
 
-    def __init__(self, reader, log: logging.Logger):
+    def __init__(self, reader, log: logging.Logger, live_total: Optional[int] = None):
+        """`live_total`: the number of items, when a live count is wanted (one in-process worker
+        on a terminal: pipeline/progress.py); else a log line every PROGRESS_EVERY records."""
         self.reader = reader
         self.log = log
+        self.live_total = live_total
         self.records = beam.metrics.Metrics.counter("ingest", "records_read")
         self.seen = 0
+        self._bar = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_bar": None}
 
     def process(self, item):
-        for record in self.reader.read(item):
-            self.records.inc()
-            self.seen += 1
-            if self.seen % PROGRESS_EVERY == 0:
-                self.log.info("ingest: %d records read by this worker", self.seen)
-            yield record
+        try:
+            for record in self.reader.read(item):
+                self.records.inc()
+                self.seen += 1
+                if self.seen % PROGRESS_EVERY == 0 and self.live_total is None:
+                    self.log.info("ingest: %d records read by this worker", self.seen)
+                yield record
+        finally:
+            if self.live_total is not None:
+                self._count_item()
+
+    def _count_item(self) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=self.live_total, desc="ingest", unit="item", leave=False, dynamic_ncols=True)
+        self._bar.set_postfix_str(f"{self.seen} records", refresh=False)
+        self._bar.update(1)
+        if self._bar.n >= self.live_total:
+            self._bar.close()
 
 
 def _dead_letter_line(element, error, stage: str) -> str:
@@ -192,13 +214,14 @@ def _schema_document(stats: dict, static: dict) -> str:
 # the pipeline
 # ------------------------------------------------------------------------------------------------
 def build(pipeline: beam.Pipeline, reader, items: list, rules: RecordRules, out: Path, *, num_shards: int,
-          static_schema: dict, mask_class_names: list[str], log: logging.Logger) -> None:
+          static_schema: dict, mask_class_names: list[str], log: logging.Logger,
+          live_total: Optional[int] = None) -> None:
     """Add the ingest transforms to `pipeline`, writing the Examples layout under `out`."""
     class_names = static_schema["class_names"]
     read = (pipeline
             | "ListItems" >> beam.Create(items, reshuffle=False)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadItem(reader, log)).with_exception_handling())
+            | "Read" >> beam.ParDo(ReadItem(reader, log, live_total)).with_exception_handling())
     prepared = (read.good
                 | "Check" >> beam.Map(prepare, rules).with_exception_handling())
 
@@ -295,8 +318,12 @@ def run_ingest(ctx: ExecutionContext) -> None:
     rules = _rules(ctx.config, class_names, extras)
     mask_class_names = extras.get("mask_class_names", class_names)
     pipeline = beam_lib.make_pipeline(ctx.config, job_name=f"ingest-{ctx.execution_id}")
+    beam_section = ctx.config.beam
+    in_process = (beam_section.runner == "DirectRunner" and beam_section.direct_running_mode == "in_memory"
+                  and beam_section.direct_num_workers == 1 and not beam_section.args)
+    live_total = len(items) if in_process and use_live_display() else None
     build(pipeline, reader, items, rules, out, num_shards=ingest.num_shards, static_schema=static_schema,
-          mask_class_names=mask_class_names, log=ctx.log)
+          mask_class_names=mask_class_names, log=ctx.log, live_total=live_total)
     try:
         result = beam_lib.run(pipeline, "ingest", ctx.log)
     except beam_lib.BeamError as exc:
