@@ -130,3 +130,17 @@ def test_a_written_tree_reads_back_the_synthetic_boxes(tmp_path):
     difficult = sum(len(r["crowd_labels"]) for r in records)
     total = difficult + sum(len(r["box_labels"]) for r in records)
     assert difficult == total // 3
+
+
+def test_augmented_copies_keep_the_flags_unless_a_crop_may_drop_boxes(voc):
+    from components.augment.augmentations import Plan, apply_plan
+
+    (record,) = _reader(voc).read("image/a")
+    flipped = apply_plan(record, Plan(horizontal_flip=True))
+    assert flipped["box_flags"]["difficult"].tolist() == [0, 1]
+    ex.encode_example(flipped)  # still one flag per stored box
+    cropped = apply_plan(record, Plan(crop=(0, 0, 8, 16), min_visible_fraction=0.5))
+    assert "box_flags" not in cropped
+    ex.encode_example(cropped)
+    with pytest.raises(RecordError, match=r"box_flags.difficult: expected one of \['difficult', 'truncated'\] with 2"):
+        ex.encode_example({**record, "box_flags": {"difficult": [1]}})
