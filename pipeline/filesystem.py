@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 MARKER = "_COMPLETE.json"
+log = logging.getLogger("convpipe.filesystem")
 
 
 class RootError(RuntimeError):
@@ -178,10 +180,40 @@ class RemoteRoot:
         except FileNotFoundError:
             pass
 
+    # ------------------------------------------------------------- the runner's artifacts
+    def execution_of(self, artifact) -> str:
+        """`<stage>/<execution_id>` of an artifact (its directory under the local copy, less the output name)."""
+        return "/".join(Path(artifact.uri).relative_to(self.local).parts[:2])
+
+    def has_artifact(self, artifact) -> bool:
+        """Whether the artifact's execution is complete on the remote root (its marker is there)."""
+        return self.is_complete(self.execution_of(artifact))
+
+    def fetch_artifacts(self, artifacts) -> None:
+        """Bring the executions of `artifacts` into the local copy (each once)."""
+        for rel in dict.fromkeys(self.execution_of(a) for a in artifacts):
+            self.fetch(rel)
+
+    def remove_execution(self, stage: str, execution_id: int) -> None:
+        """Remove a failed or abandoned execution's upload; when the store is down, leave it: it has no
+        marker, so no reader ever takes it."""
+        try:
+            self.remove(f"{stage}/{execution_id}")
+        except Exception as exc:
+            log.warning("could not remove %s/%s/%d from the remote root (%s); it has no %s and is never read",
+                        self.url, stage, execution_id, exc, MARKER)
+
+    def copy_logs(self, names) -> None:
+        """Run logs and TensorBoard logs to the remote root (plain copies: their readers need no marker)."""
+        for name in names:
+            try:
+                self.put_tree(self.local / name, name)
+            except Exception as exc:
+                log.warning("could not copy %s to %s (%s)", self.local / name, self.url, exc)
+
 
 # ---------------------------------------------------------------------------- served models
 SAVED_MODEL_FILE = "saved_model.pb"
-
 
 def _fs(url: str):
     import fsspec

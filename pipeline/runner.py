@@ -51,7 +51,7 @@ from pipeline.sweep import DEFAULT_NAME
 from pipeline.cache import cache_key, canonical_json, explain
 from pipeline.codeversion import stage_code_version
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.filesystem import MARKER, RemoteRoot, is_url, root_label
+from pipeline.filesystem import RemoteRoot, is_url, root_label
 from pipeline.lock import run_lock
 from pipeline.metadata import MetadataStore, NewArtifact
 from pipeline.stage import Artifact, ExecutionContext, Stage, StageError, Trials
@@ -157,6 +157,9 @@ class Runner:
         return MetadataStore(self.root, create=create, url=self.metadata_url, root_label=self.root_label,
                              exists=self._artifact_exists)
 
+    def _artifact_exists(self, artifact: Artifact) -> bool:
+        return self.remote.has_artifact(artifact) if self.remote else Path(artifact.uri).is_dir()
+
     def preflight(self) -> None:
         """Reach the artifact root and the metadata database before any work; each failure is one line.
         (The database itself is reached when the lock or the store first connects, before any stage.)"""
@@ -170,43 +173,6 @@ class Runner:
         if self.metadata_url:
             database.check_url(self.metadata_url)
         self._preflighted = True
-
-    # --------------------------------------------------------------------- remote artifacts
-    def _execution_rel(self, artifact: Artifact) -> str:
-        """`<stage>/<execution_id>` of an artifact (its directory relative to the root, less the output name)."""
-        return "/".join(Path(artifact.uri).relative_to(self.root).parts[:2])
-
-    def _artifact_exists(self, artifact: Artifact) -> bool:
-        if self.remote is None:
-            return Path(artifact.uri).is_dir()
-        return self.remote.is_complete(self._execution_rel(artifact))
-
-    def _fetch_inputs(self, ctx: ExecutionContext) -> None:
-        """Bring every input of a remote root into the local copy (once: later stages reuse it)."""
-        if self.remote is None:
-            return
-        artifacts = [*ctx.inputs.values(), *(a for trials in ctx.trials.values() for a in trials.values())]
-        for rel in dict.fromkeys(self._execution_rel(a) for a in artifacts):
-            self.remote.fetch(rel)
-
-    def _remove_remote(self, stage: str, execution_id: int) -> None:
-        if self.remote is None:
-            return
-        try:
-            self.remote.remove(f"{stage}/{execution_id}")
-        except Exception as exc:  # the store is down: the marker was never written, so nothing is visible
-            log.warning("could not remove %s/%s/%d from the remote root (%s); it has no %s and is never read",
-                        self.remote.url, stage, execution_id, exc, MARKER)
-
-    def _sync_logs(self) -> None:
-        """Run logs and TensorBoard logs to the remote root (plain copies: their readers need no marker)."""
-        if self.remote is None:
-            return
-        for name in (layout.LOGS_DIR, "tensorboard"):
-            try:
-                self.remote.put_tree(self.root / name, name)
-            except Exception as exc:
-                log.warning("could not copy %s to %s (%s)", self.root / name, self.remote.url, exc)
 
     # ------------------------------------------------------------------------------ planning
     def select(self, from_stage: Optional[str], to_stage: Optional[str]) -> tuple[list[Stage], list[Stage]]:
@@ -321,7 +287,8 @@ class Runner:
                     log.error("run %d FAILED: %s", run_id, error)
                     raise
                 finally:
-                    self._sync_logs()
+                    if self.remote:
+                        self.remote.copy_logs((layout.LOGS_DIR, "tensorboard"))
                 store.end_run(run_id, result.state, result.error)
                 log.info("run %d %s", run_id, result.state)
         return result
@@ -342,7 +309,8 @@ class Runner:
             for path in (layout.temporary_dir(self.root, execution.stage, execution.id),
                          layout.execution_dir(self.root, execution.stage, execution.id)):
                 shutil.rmtree(path, ignore_errors=True)
-            self._remove_remote(execution.stage, execution.id)
+            if self.remote:
+                self.remote.remove_execution(execution.stage, execution.id)
             lines.append(f"execution {execution.id} ({execution.stage}) of run {execution.run_id} "
                          "was left RUNNING by a process that died: marked ABANDONED")
         for path in layout.remove_stale_temporaries(self.root):
@@ -606,7 +574,8 @@ class Runner:
         return [results[i] for i in range(len(jobs))]
 
     def _prepare(self, ctx: ExecutionContext) -> None:
-        self._fetch_inputs(ctx)
+        if self.remote:  # every input of a remote root in the local copy (once: later stages reuse it)
+            self.remote.fetch_artifacts([*ctx.inputs.values(), *(a for trials in ctx.trials.values() for a in trials.values())])
         for path in ctx.outputs.values():
             path.mkdir(parents=True)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
@@ -663,7 +632,8 @@ class Runner:
         store.fail_execution(item.execution_id, error, details)
         shutil.rmtree(layout.temporary_dir(self.root, stage.name, item.execution_id), ignore_errors=True)
         shutil.rmtree(layout.execution_dir(self.root, stage.name, item.execution_id), ignore_errors=True)
-        self._remove_remote(stage.name, item.execution_id)
+        if self.remote:
+            self.remote.remove_execution(stage.name, item.execution_id)
         log.error("%s: FAILED: %s", stage.name + (f" [{item.job.trial}]" if item.job.trial else ""), error)
         return _Result(item.job.trial, md.FAILED, item.execution_id, item.reason,
                        time.monotonic() - item.started, error)
