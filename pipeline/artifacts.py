@@ -50,6 +50,10 @@ def tensorboard_dir(config) -> Path:
     """Where every run's TensorBoard logs land: `pipeline.tensorboard_root`, else `<root>/tensorboard`."""
     if config.pipeline.tensorboard_root:
         return Path(config.pipeline.tensorboard_root)
+    from pipeline.filesystem import RemoteRoot, is_url
+
+    if is_url(config.pipeline.root):  # every run's logs, copied from the bucket into the local working copy
+        return RemoteRoot(config.pipeline.root).get_tree("tensorboard")
     return Path(config.pipeline.root) / "tensorboard"
 
 

@@ -52,6 +52,29 @@ def root_label(root: str | os.PathLike) -> str:
     return str(root).rstrip("/") if is_url(root) else str(Path(root).resolve())
 
 
+def _start_io_thread() -> None:
+    """Start fsspec's event-loop thread with SIGINT and SIGTERM blocked in it.
+
+    Signals sent to the process go to any thread that does not block them. Were they delivered to
+    fsspec's IO thread, the main thread (which turns SIGTERM into `Interrupted`, and SIGINT into
+    KeyboardInterrupt) would sleep on in whatever it waits for. A thread inherits its creator's mask.
+    """
+    import signal
+    import threading
+
+    import fsspec.asyn
+
+    if fsspec.asyn.iothread[0] is not None or threading.current_thread() is not threading.main_thread():
+        fsspec.asyn.get_loop()
+        return
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        fsspec.asyn.get_loop()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("CONVPIPE_CACHE") or Path.home() / ".cache" / "convpipe")
 
@@ -87,6 +110,7 @@ class RemoteRoot:
             # Fail within seconds on a wrong endpoint instead of retrying for minutes.
             options = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
                                                        "retries": {"max_attempts": 2}}}
+        _start_io_thread()
         try:
             self.fs, self.path = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:
@@ -135,6 +159,20 @@ class RemoteRoot:
             return
         for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             self.fs.put_file(str(file), self.remote(f"{rel}/{file.relative_to(local_dir).as_posix()}"))
+
+    def get_tree(self, rel: str) -> Path:
+        """Copy a plain remote directory (TensorBoard logs) into the local copy, file by file; returns it."""
+        target = self.local / rel
+        try:
+            remote_files = self.fs.find(self.remote(rel))
+        except FileNotFoundError:
+            remote_files = []
+        for remote_file in remote_files:
+            local_file = target / remote_file[len(self.remote(rel)) + 1:]
+            local_file.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(remote_file, str(local_file))
+        target.mkdir(parents=True, exist_ok=True)
+        return target
 
     def marker(self, rel: str) -> Optional[str]:
         """The remote marker of `rel`, or None: the execution directory is not (or not wholly) there."""
@@ -218,6 +256,7 @@ SAVED_MODEL_FILE = "saved_model.pb"
 def _fs(url: str):
     import fsspec
 
+    _start_io_thread()
     options = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}} \
         if url.startswith(("s3://", "s3a://")) else {}
     fs, path = fsspec.core.url_to_fs(url, **options)

@@ -12,7 +12,6 @@ from sqlalchemy import create_engine, text
 
 from tests.pipeline.conftest import PYTHON
 from tests.pipeline.test_lock_and_kill import CHILD
-from tests.servers import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 
 def start(root, url, env, *extra):

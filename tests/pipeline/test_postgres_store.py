@@ -19,7 +19,6 @@ from pipeline.database import DatabaseError
 from pipeline.lock import AdvisoryLock, LockHeld, run_lock
 from pipeline.metadata import MetadataStore, NewArtifact
 from tests.pipeline.conftest import PYTHON
-from tests.servers import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 
 def test_lineage_round_trips_and_the_schema_is_at_the_newest_revision(tmp_path, postgres_url):

@@ -13,7 +13,6 @@ from pipeline import metadata as md
 from pipeline.filesystem import MARKER, RemoteRoot, RootError
 from pipeline.runner import Runner
 from tests.pipeline import fake_stages as fake
-from tests.servers import postgres_server, postgres_url, remote_cache, s3_server  # noqa: F401  (fixtures)
 
 ROOT = "s3://convpipe/team"
 
@@ -99,3 +98,19 @@ def test_a_remote_root_needs_a_store_outside_it(s3_server, remote_cache, make_co
     from pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="s3://convpipe/team: a remote root needs a metadata store"):
         Runner(make_config(), fake.STAGES, ROOT).run()
+
+
+def test_tensorboard_logs_reach_the_bucket_and_come_back_on_another_machine(s3_server, postgres_url, remote_cache,
+                                                                            make_config, tmp_path, monkeypatch):
+    from pipeline.artifacts import tensorboard_dir
+
+    s3_server.make_bucket("convpipe")
+    config = make_config(f"pipeline.metadata={postgres_url}")
+    first = Runner(config, fake.STAGES, ROOT)
+    (first.root / "tensorboard" / "run-1").mkdir(parents=True)
+    (first.root / "tensorboard" / "run-1" / "events.out").write_bytes(b"scalars")  # as the train stage writes
+    assert first.run().ok
+    monkeypatch.setenv("CONVPIPE_CACHE", str(tmp_path / "other-machine"))
+    config.pipeline.root = ROOT
+    logs = tensorboard_dir(config)
+    assert (logs / "run-1" / "events.out").read_bytes() == b"scalars" and str(tmp_path / "other-machine") in str(logs)

@@ -19,7 +19,6 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.pipeline.conftest import PYTHON
-from tests.servers import postgres_server, postgres_url, remote_cache, s3_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 CLI = ["-m", "convpipe.cli"]
