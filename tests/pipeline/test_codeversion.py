@@ -101,5 +101,7 @@ def test_stage_outside_the_project_is_versioned_by_its_file():
     version = stage_code_version(fake_stages.A)
     assert len(version) == 64
     closure = CodeIndex().closure("tests.pipeline.fake_stages")
-    assert sorted(closure) == ["pipeline.config", "pipeline.stage", "tests.pipeline.fake_stages"]
+    assert sorted(closure) == ["pipeline.config", "pipeline.config.base", "pipeline.config.loading",  # the package
+                              "pipeline.config.sections", "pipeline.config.sources", "pipeline.stage",
+                              "tests.pipeline.fake_stages"]
     assert stage_code_version(Stage("x", {}, lambda c: None, lambda c: {}, module="tests.pipeline.fake_stages")) == version
