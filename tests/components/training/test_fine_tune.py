@@ -143,6 +143,9 @@ def test_the_shipped_fine_tune_config_runs_end_to_end_from_a_weights_file(tmp_pa
     import h5py
     import keras
 
+    from models import load_registrations
+
+    load_registrations()  # as the evaluate and export stages do before loading a model
     model = keras.saving.load_model(model_dir / "model.keras")
     backbone = model.get_layer("backbone")
     with h5py.File(weights, "r") as f:
