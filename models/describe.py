@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import keras
 
-from models import arithmetic
+from models import arithmetic, backbones
 from models.arithmetic import Geometry
 from models.layers.bed_of_nails import BedOfNails2D
 from models.layers.max_pooling_with_argmax import MaxPoolingWithArgmax2D
@@ -167,10 +167,12 @@ def _leaf_layers(layer, path):
 # the walk
 # ------------------------------------------------------------------------------------------------
 def describe_model(name: str, input_shape, num_classes: int, params: Optional[dict] = None) -> list[dict]:
-    """Builds the registered model `name` and describes it layer by layer (see `describe_keras_model`)."""
+    """Builds the registered model `name` and describes it layer by layer (see `describe_keras_model`);
+    a backbone's weights file is not read (models/backbones: `architecture_only`)."""
     from models import build_model
 
-    return describe_keras_model(build_model(name, input_shape, num_classes, **(params or {})), input_shape)
+    params = backbones.architecture_only(params or {})
+    return describe_keras_model(build_model(name, input_shape, num_classes, **params), input_shape)
 
 
 def describe_keras_model(model: keras.Model, input_shape=None) -> list[dict]:

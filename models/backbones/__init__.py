@@ -17,3 +17,13 @@ from models.backbones.weights import BackboneWeightsError  # noqa: F401
 
 def names() -> list[str]:
     return sorted(CATALOG)
+
+
+def architecture_only(params: dict) -> dict:
+    """Builder params with any backbone's weights file left out: what describing a model needs
+    (the layers and their shapes do not depend on the weights, and the file may live elsewhere)."""
+    raw = params.get("backbone")
+    if raw is None:
+        return dict(params)
+    spec = parse_spec(raw, "backbone")
+    return {**params, "backbone": {**spec.to_config(), "weights": None}}

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from convpipe import cli
+from models.backbones import architecture_only
 from tests.models.test_describe import assert_sizes_match_keras
 from tests.pipeline.conftest import REPO
 
@@ -32,7 +33,7 @@ def test_every_shipped_config_is_described_as_training_builds_it(path, capsys):
     rows = [_as_tuples(row) for row in json.loads(out)]
     config = cli.load_config(str(path), [])
     shape, num_classes = cli.model_input(config, None, None)
-    params = get_task(config.ingest.task).builder_params(config.model, config.train)
+    params = architecture_only(get_task(config.ingest.task).builder_params(config.model, config.train))
     model = build_model(config.model.name, shape, num_classes, **params)
     assert_sizes_match_keras(rows, model, shape)
     assert rows[0]["kind"] == "InputLayer" and rows[0]["output_size"] == tuple(shape[:-1])
@@ -58,7 +59,7 @@ def test_every_swept_model_is_described(path, setting, capsys):
     rows = [_as_tuples(row) for row in json.loads(out)]
     config = cli.load_config(str(path), [setting])
     shape, num_classes = cli.model_input(config, None, None)
-    params = get_task(config.ingest.task).builder_params(config.model, config.train)
+    params = architecture_only(get_task(config.ingest.task).builder_params(config.model, config.train))
     assert_sizes_match_keras(rows, build_model(config.model.name, shape, num_classes, **params), shape)
     if path.name == "segmentation.json":        # each decoder stage undoes one pool, whatever the method
         ups = [row for row in rows if row["name"].endswith("_up")]

@@ -40,8 +40,9 @@ def test_config_errors_name_the_key_and_the_file(tmp_path):
     check("model.params.backbone.weights=null")  # and the shipped config is fine without a file
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_the_phase_two_learning_rate_holds_and_checkpoints(schedule, tmp_path):
+@pytest.mark.parametrize("schedule,loss_scale", [("constant", False), ("cosine", False), ("constant", True)])
+def test_the_phase_two_learning_rate_holds_and_checkpoints(schedule, loss_scale, tmp_path):
+    """Float-made and scheduled optimizers, and the LossScaleOptimizer of mixed_float16 on a GPU."""
     import keras
     import tensorflow as tf
 
@@ -51,6 +52,8 @@ def test_the_phase_two_learning_rate_holds_and_checkpoints(schedule, tmp_path):
     variable = keras.Variable(np.ones(3, np.float32))
     optimizer = make_optimizer({"name": "adam", "learning_rate": 0.01, "schedule": schedule},
                                steps_per_epoch=5, epochs=4)
+    if loss_scale:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build([variable])
     set_learning_rate(optimizer, 1e-4)
     optimizer.apply_gradients([(tf.ones(3), variable)])
@@ -120,7 +123,7 @@ def test_the_shipped_fine_tune_config_runs_end_to_end_from_a_weights_file(tmp_pa
 
     weights = backbone_fixtures.write_weights(tmp_path / "pretrained" / "mobilenet_v3_small.weights.h5", size=32)
     overrides = [f"pipeline.root={tmp_path / 'root'}", f"export.serving_root={tmp_path / 'serving'}",
-                 "ingest.source.num_examples=90", "ingest.source.image_size=32", "train.epochs=3",
+                 "ingest.source.num_examples=60", "ingest.source.image_size=32", "train.epochs=2",
                  "train.batch_size=16", "train.fine_tune.frozen_epochs=1", "train.num_sample_images=0",
                  "evaluate.thresholds={}",
                  f"model.params.backbone.weights={weights}"]
@@ -132,17 +135,20 @@ def test_the_shipped_fine_tune_config_runs_end_to_end_from_a_weights_file(tmp_pa
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "fine-tune phase 1: epochs 1-1 train the head alone" in output, output[-4000:]
-    assert "fine-tune phase 2: epochs 2-3 train the backbone too" in output, output[-4000:]
+    assert "fine-tune phase 2: epochs 2-2 train the backbone too" in output, output[-4000:]
 
     model_dir = next((tmp_path / "root" / "train").glob("*/model"))
     history = json.loads((model_dir / "history.json").read_text())
-    assert history["epochs_run"] == 3
-    assert [round(rate, 8) for rate in history["history"]["learning_rate"]] == [0.001, 0.0001, 0.0001]
+    assert history["epochs_run"] == 2
+    assert [round(rate, 8) for rate in history["history"]["learning_rate"]] == [0.001, 0.0001]
     assert list((tmp_path / "serving").glob("fine_tune_mobilenet/*/saved_model.pb"))
 
     import h5py
     import keras
 
+    from models import load_registrations
+
+    load_registrations()  # as the evaluate and export stages do before loading a model
     model = keras.saving.load_model(model_dir / "model.keras")
     backbone = model.get_layer("backbone")
     with h5py.File(weights, "r") as f:
