@@ -129,6 +129,8 @@ def model_input(config: PipelineConfig, input_shape: Optional[str], num_classes:
             shape = (getattr(source, "num_frames", 8), *shape)
     if num_classes is None:
         num_classes = getattr(source, "num_classes", None)
+        if num_classes is None and getattr(source, "class_names", None):
+            num_classes = len(source.class_names)
         if num_classes is None:
             raise ConfigError(f"describe-model: ingest.source {source.name} does not fix the number of "
                               "classes; pass --num-classes N")
