@@ -15,8 +15,9 @@ import apache_beam as beam
 import pytest
 from PIL import Image
 
-from components import augment, ingest
 from components import examples as ex
+from components.augment import stage as augment
+from components.ingest import stage as ingest
 from pipeline import beam as beam_lib
 from pipeline.artifacts import fingerprint_dir
 from pipeline.config import parse_config
