@@ -112,8 +112,10 @@ def run(pipeline: beam.Pipeline, what: str, log: Optional[logging.Logger] = None
         log.info("%s: running on %s%s", what, name, detail)
     try:
         if dask:
+            given = beam_dask.given_address(pipeline.options)
+            name = f"{beam_dask.DASK_RUNNER} ({given})" if given else name
             with beam_dask.cluster(pipeline.options, log) as address:
-                name = f"{name} ({address})"
+                name = f"{beam_dask.DASK_RUNNER} ({address})"
                 result = pipeline.run()
                 beam_dask.finish(result)
             state = result.state

@@ -29,7 +29,8 @@ class DaskSection(Strict):
     workers: PositiveInt = Field(2, description="LocalCluster worker processes (only when no address is given).")
     threads_per_worker: PositiveInt = Field(1, description="LocalCluster threads per worker process.")
     partitions: Optional[PositiveInt] = Field(
-        None, description="dask.bag partitions a Create is cut into; default: one per work item (ingest) or shard.")
+        None, description="dask.bag partitions a Create is cut into; default: 2 per cluster worker thread, "
+                          "at most one per work item (ingest) or train shard (augment).")
 
 
 class BeamSection(Strict):

@@ -17,14 +17,20 @@ def test_dask_and_its_spellings_name_beams_dask_runner():
     assert beam_dask.canonical_runner("FlinkRunner") == "FlinkRunner"
 
 
-def test_local_cluster_by_default_sized_from_the_config_and_partitioned_per_work_item():
+def test_local_cluster_by_default_sized_from_the_config_with_the_stages_work_items():
     config = parse_config({"beam": {"runner": "dask", "dask": {"workers": 3, "threads_per_worker": 2}}})
     options = beam_lib.pipeline_options(config, parallelism=16)
-    local = options.view_as(beam_dask.LocalClusterOptions)
-    assert (local.dask_local_workers, local.dask_local_threads_per_worker) == (3, 2)
+    local = options.view_as(beam_dask.ClusterOptions)
+    assert (local.dask_local_workers, local.dask_local_threads_per_worker, local.dask_work_items) == (3, 2, 16)
     assert options.view_as(DaskOptions).address is None
-    assert options.get_all_options()["npartitions"] == 16
+    assert options.view_as(DaskOptions).npartitions is None  # chosen from the cluster's threads at run time
     assert beam_dask.describe(options) == "LocalCluster x3 workers"
+
+
+def test_default_partitions_are_two_per_cluster_thread_and_at_most_one_per_work_item():
+    assert beam_dask.default_partitions(threads=2, work_items=157) == 4
+    assert beam_dask.default_partitions(threads=6, work_items=5) == 5
+    assert beam_dask.default_partitions(threads=1, work_items=None) == 2
 
 
 def test_an_address_and_partitions_from_the_config_and_args_win():
