@@ -97,7 +97,7 @@ def test_ingest_and_augment_on_a_2_worker_cluster_write_the_direct_runners_examp
     assert fingerprint_dir(augmented) == fingerprint_dir(direct_augment)
     train = ex.read_schema(augmented)["split_counts"]["train"]
     assert train == 2 * ex.read_schema(examples)["split_counts"]["train"] > 0
-    workers = cluster.scheduler_info()["workers"]
+    workers = cluster.scheduler_info["workers"]
     assert len(workers) == 2
 
 
