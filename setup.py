@@ -21,6 +21,9 @@ setup(
         "importlib_resources>=6",  # TFDS builders need it (etils.epath) and do not always pull it in
         "tensorflow-metadata>=1.21,<2",
         "apache-beam>=2.77,<2.78",
+        # beam.runner=dask: Beam's DaskRunner (apache-beam[dask] asks for >=2024.4.2); 2026.8 is the release tested here
+        "dask[bag]>=2026.8.0,<2026.9",
+        "distributed>=2026.8.0,<2026.9",
         "google-crc32c>=1.5",  # Beam's WriteToTFRecord needs a CRC32C implementation
         "pydantic>=2.6,<3",
         "fasteners>=0.19",

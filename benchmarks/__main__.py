@@ -17,7 +17,7 @@ import traceback
 import warnings
 
 BENCHMARKS = ("trainer_overhead", "precision_speed", "input_headroom", "compute_efficiency", "ingest_throughput",
-              "serving_latency", "scaling", "default_run", "remote_root")
+              "serving_latency", "scaling", "default_run", "remote_root", "dask_workers")
 
 
 def parse_args(argv):

@@ -7,7 +7,10 @@ Inputs: ingest's Examples. Output: Examples with the same layout, where
 - schema.json gets the new split counts and an "augmentation" entry (the config that made the
   copies); stats.json and dead_letter.jsonl are copied: they describe the ingested records.
 
-The pixel work is components/augment/augmentations.py; this file is only the pipeline around it.
+The pixel work is components/augment/augmentations.py; this file is only the pipeline around it, built
+from the transforms every runner here runs alike, DaskRunner included (pipeline/beam_portable.py):
+train shards are read as one work item each (`ReadShards`), the count is a GroupByKey sum, and
+schema.json is written by `WriteTextFiles`.
 """
 from __future__ import annotations
 
@@ -15,15 +18,15 @@ import json
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from components.augment.augmentations import augment_record, copy_id, copy_seed
-from components.examples.ordered_shards import WriteOrderedShards
+from components.examples.ordered_shards import ReadShards, WriteOrderedShards
 from components.examples import (
     DEAD_LETTER_FILE, IMAGE_FORMAT, SCHEMA_FILE, SPLITS, STATS_FILE, decode_example, encode_example,
     read_schema, shard_files, shard_pattern)
 from pipeline import beam as beam_runs
+from pipeline.beam_portable import Join, WriteTextFiles
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.stage import ExecutionContext, Stage
 
@@ -51,6 +54,11 @@ def with_copies(serialized: bytes, cfg):
         except Exception as exc:
             raise RuntimeError(f"augment: record {record['id']!r}, copy {k}: {exc}") from exc
         yield encoded
+
+
+def _count(key_and_ones) -> int:
+    """(0, [1, 1, ..., None]) -> the number of ones (the `None` only makes the group exist)."""
+    return sum(1 for one in key_and_ones[1] if one is not None)
 
 
 def augmented_schema(schema: dict, train_count: int, cfg) -> str:
@@ -86,19 +94,24 @@ def run_augment(ctx: ExecutionContext) -> None:
     if not train_shards:
         raise FileNotFoundError(f"{source}: no train shards to augment (expected {shard_pattern(source, 'train')})")
 
-    pipeline = beam_runs.make_pipeline(ctx.config, job_name=f"augment-{ctx.execution_id}")
+    pipeline = beam_runs.make_pipeline(ctx.config, job_name=f"augment-{ctx.execution_id}",
+                                       parallelism=len(train_shards))
     train = (
         pipeline
-        | "Read train" >> beam.io.ReadFromTFRecord(shard_pattern(source, "train"), compression_type=CompressionTypes.GZIP)
+        | "Read train" >> ReadShards(train_shards)
         | "Add copies" >> beam.FlatMap(with_copies, cfg=cfg)
     )
-    _ = train | "Write train" >> WriteOrderedShards(str(target / "train" / "data"), len(train_shards))
-    _ = (
-        train
-        | "Count train" >> beam.combiners.Count.Globally()
-        | "Schema" >> beam.Map(lambda count: augmented_schema(schema, count, cfg))
-        | "Write schema" >> beam.io.WriteToText(str(target / SCHEMA_FILE), shard_name_template="", num_shards=1)
+    shards = train | "Write train" >> WriteOrderedShards(str(target / "train" / "data"), len(train_shards))
+    schema_file = str(target / SCHEMA_FILE)
+    once = pipeline | "Once" >> beam.Create([(0, None)], reshuffle=False)
+    schemas = (
+        ((train | "One each" >> beam.Map(lambda _: (0, 1)), once) | "With once" >> beam.Flatten())
+        | "Gather ones" >> beam.GroupByKey()
+        | "Count train" >> beam.Map(_count)
+        | "Schema" >> beam.Map(lambda count: (schema_file, 0, augmented_schema(schema, count, cfg)))
+        | "Write schema" >> WriteTextFiles([schema_file])
     )
+    _ = (shards, schemas) | "Done" >> Join()
     beam_runs.run(pipeline, "augment", ctx.log)
 
     for split in SPLITS:

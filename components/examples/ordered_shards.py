@@ -12,12 +12,20 @@ Every one of the N shard files is written, empty or not, as `WriteToTFRecord` do
 layout `<prefix>-SSSSS-of-NNNNN.tfrecord.gz` always has N files. A shard is held in memory while
 it is sorted and written, so one larger than `MAX_SHARD_BYTES` fails with a message that asks
 for more shards, rather than a worker dying of memory.
+
+Reading them back (`ReadShards`) and writing them use only Create, Map/FlatMap, GroupByKey and
+Flatten, the part of Beam that every runner here translates the same way, DaskRunner included
+(pipeline/beam_portable.py).
 """
 from __future__ import annotations
 
 import hashlib
+from typing import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil  # the record framing and CRC checks (Beam 2.77 is pinned)
 
 from components.examples import SHARD_SUFFIX
 
@@ -38,17 +46,20 @@ def shard_path(prefix: str, shard: int, num_shards: int) -> str:
     return f"{prefix}-{shard:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
 
 
-def _keyed(serialized: bytes, num_shards: int):
+def _keyed(group_and_serialized, num_shards: int):
+    """(group, record) -> (group * num_shards + shard, (digest, record)): one int key per file (see below)."""
+    group, serialized = group_and_serialized
     digest = record_digest(serialized)
-    return int.from_bytes(digest[:8], "big") % num_shards, (digest, serialized)
+    return group * num_shards + int.from_bytes(digest[:8], "big") % num_shards, (digest, serialized)
 
 
-def write_shard(shard_and_records, prefix: str, num_shards: int) -> str:
+def write_shard(key_and_records, prefixes: Sequence[str], num_shards: int) -> str:
     """One shard's records, in digest order, into its file (the sentinel `None` only makes the shard exist)."""
     import tensorflow as tf
 
-    shard, keyed = shard_and_records
-    path = shard_path(prefix, shard, num_shards)
+    key, keyed = key_and_records
+    group, shard = divmod(key, num_shards)
+    path = shard_path(prefixes[group], shard, num_shards)
     records, size = [], 0
     for pair in keyed:
         if pair is None:
@@ -67,6 +78,38 @@ def write_shard(shard_and_records, prefix: str, num_shards: int) -> str:
     return path
 
 
+class WriteGroupedShards(beam.PTransform):
+    """PCollection of (group, serialized Example) -> `num_shards` files at `prefixes[group]`, for every group.
+
+    One GroupByKey writes every group's shards (ingest writes train, eval and test this way
+    instead of through `beam.Partition`, whose outputs the DaskRunner does not keep apart). The
+    key of a file is the int `group * num_shards + shard`: dask.bag groups by `hash`, and a str
+    or tuple key hashes differently in worker processes that do not share PYTHONHASHSEED.
+    Yields the paths written.
+    """
+
+    def __init__(self, prefixes: Sequence[str], num_shards: int):
+        super().__init__()
+        if num_shards < 1:
+            raise ValueError(f"WriteOrderedShards: expected num_shards >= 1, got {num_shards}")
+        self.prefixes, self.num_shards = [str(p) for p in prefixes], num_shards
+
+    def expand(self, rows):
+        n = self.num_shards
+        keyed = rows | "KeyByDigest" >> beam.Map(_keyed, n)
+        every_shard = (rows.pipeline
+                       | "EveryShard" >> beam.Create([(key, None) for key in range(len(self.prefixes) * n)],
+                                                     reshuffle=False))
+        return ((keyed, every_shard)
+                | "WithEveryShard" >> beam.Flatten()
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.Map(write_shard, self.prefixes, n))
+
+
+def _in_group_zero(serialized: bytes):
+    return 0, serialized
+
+
 class WriteOrderedShards(beam.PTransform):
     """PCollection of serialized Examples -> `num_shards` gzip TFRecord files at `prefix`; yields their paths."""
 
@@ -77,11 +120,29 @@ class WriteOrderedShards(beam.PTransform):
         self.prefix, self.num_shards = str(prefix), num_shards
 
     def expand(self, records):
-        n = self.num_shards
-        keyed = records | "KeyByDigest" >> beam.Map(_keyed, n)
-        every_shard = (records.pipeline
-                       | "EveryShard" >> beam.Create([(shard, None) for shard in range(n)], reshuffle=False))
-        return ((keyed, every_shard)
-                | "WithEveryShard" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WriteShard" >> beam.Map(write_shard, self.prefix, n))
+        return (records
+                | "InOneGroup" >> beam.Map(_in_group_zero)
+                | "Shards" >> WriteGroupedShards([self.prefix], self.num_shards))
+
+
+def _read_shard(path: str):
+    with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as handle:
+        while (record := _TFRecordUtil.read_record(handle)) is not None:
+            yield record
+
+
+class ReadShards(beam.PTransform):
+    """Gzip TFRecord shard paths -> their records, one shard per work item, through Beam's filesystems.
+
+    Instead of `ReadFromTFRecord`, whose `Read` the DaskRunner turns into a no-op. Records come in
+    file order; the writers above sort them again, so nothing downstream depends on it.
+    """
+
+    def __init__(self, paths: Sequence[str]):
+        super().__init__()
+        self.paths = [str(p) for p in paths]
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Shards" >> beam.Create(self.paths, reshuffle=False)
+                | "Records" >> beam.FlatMap(_read_shard))

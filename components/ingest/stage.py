@@ -5,16 +5,23 @@
 
 Every record is encoded, decoded again and checked before it is written: a corrupt record inside a
 shard would cost the rest of that shard at read time (tf.data's `ignore_errors`). Items and records
-that fail go to dead_letter.jsonl with the reason (Beam's `with_exception_handling`), and the stage
-fails only when their share passes `ingest.max_bad_fraction`. The split is a hash of the example
-id, so a rerun puts every example in the same split. All outputs are written through Beam's file
-sinks and the transforms are pure, so `beam.args` can move this to Flink, Spark or Dataflow.
+that fail go to dead_letter.jsonl with the reason, and the stage fails only when their share
+passes `ingest.max_bad_fraction`. The split is a hash of the example id, so a rerun puts every
+example in the same split.
+
+The pipeline is built only from Create, single-output Map/FlatMap/ParDo, GroupByKey and Flatten
+(pipeline/beam_portable.py), the part of Beam that the DirectRunner, Dask, Flink, Spark and
+Dataflow all run the same way, and nothing it writes depends on how a runner bundles or orders
+the work: every record carries its place in the source (item number, record number), and the
+statistics and the dead letters are gathered in that order. So the same config writes the same
+bytes on every runner and with any number of workers.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,9 +31,10 @@ import numpy as np
 
 from components import examples as ex
 from components.ingest import stats as stats_lib
-from components.examples.ordered_shards import WriteOrderedShards
+from components.examples.ordered_shards import WriteGroupedShards
 from components.sources import SOURCE_MODULES, make_reader
 from pipeline import beam as beam_lib
+from pipeline.beam_portable import BAD, OK, CombineInOrder, Guarded, Join, Keep, WriteTextFiles, guarded_map
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.progress import use_live_display
 from pipeline.stage import ExecutionContext, Stage, StageError
@@ -145,8 +153,17 @@ def prepare(record: dict, rules: RecordRules) -> tuple[str, bytes, dict]:
     return split, serialized, stats_lib.summarize(decoded, split, features)
 
 
+def prepare_in_order(numbered: tuple, rules: RecordRules) -> tuple:
+    """(place, record) -> (place, (split, serialized, summary)): `prepare`, keeping the record's place."""
+    place, record = numbered
+    return place, prepare(record, rules)
+
+
 class ReadItem(beam.DoFn):
-    """One source item -> its records; the whole item goes to the dead letter if reading fails."""
+    """(item number, item) -> ((item number, record number), record) for each of its records.
+
+    Under `Guarded`, the whole item goes to the dead letter if reading fails.
+    """
 
     def __init__(self, reader, log: logging.Logger, live_total: Optional[int] = None):
         """`live_total`: the number of items, when a live count is wanted (one in-process worker
@@ -161,14 +178,15 @@ class ReadItem(beam.DoFn):
     def __getstate__(self):
         return {**self.__dict__, "_bar": None}
 
-    def process(self, item):
+    def process(self, numbered_item):
+        index, item = numbered_item
         try:
-            for record in self.reader.read(item):
+            for number, record in enumerate(self.reader.read(item)):
                 self.records.inc()
                 self.seen += 1
                 if self.seen % PROGRESS_EVERY == 0 and self.live_total is None:
                     self.log.info("ingest: %d records read by this worker", self.seen)
-                yield record
+                yield (index, number), record
         finally:
             if self.live_total is not None:
                 self._count_item()
@@ -184,10 +202,14 @@ class ReadItem(beam.DoFn):
             self._bar.close()
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+"""An object's memory address in a message (`<_io.BytesIO object at 0x7f...>`): differs in every process."""
+
+
 def _dead_letter_line(element, error, stage: str) -> str:
     exc_type, exc_repr, trace = error
     reason = trace[-1].strip() if trace else exc_repr
-    reason = reason.removeprefix("components.examples.")
+    reason = _ADDRESS.sub("", reason.removeprefix("components.examples."))
     if isinstance(element, dict):
         entry = {"item": str(element.get("source") or element.get("id")), "id": str(element.get("id")),
                  "stage": stage, "reason": reason}
@@ -213,42 +235,50 @@ def _schema_document(stats: dict, static: dict) -> str:
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------------
+def _bad_read(bad, path: str) -> tuple:
+    """A failed item as a dead-letter line, placed before any record of a later item."""
+    (index, item), error = bad
+    return path, (index,), _dead_letter_line(item, error, "read")
+
+
+def _bad_record(bad, path: str) -> tuple:
+    (place, record), error = bad
+    return path, place, _dead_letter_line(record, error, "check")
+
+
 def build(pipeline: beam.Pipeline, reader, items: list, rules: RecordRules, out: Path, *, num_shards: int,
           static_schema: dict, mask_class_names: list[str], log: logging.Logger,
           live_total: Optional[int] = None) -> None:
     """Add the ingest transforms to `pipeline`, writing the Examples layout under `out`."""
     class_names = static_schema["class_names"]
+    dead_letter, stats_file, schema_file = (str(out / name) for name in (ex.DEAD_LETTER_FILE, ex.STATS_FILE,
+                                                                         ex.SCHEMA_FILE))
     read = (pipeline
-            | "ListItems" >> beam.Create(items, reshuffle=False)
+            | "ListItems" >> beam.Create(list(enumerate(items)), reshuffle=False)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadItem(reader, log, live_total)).with_exception_handling())
-    prepared = (read.good
-                | "Check" >> beam.Map(prepare, rules).with_exception_handling())
+            | "Read" >> beam.ParDo(Guarded(ReadItem(reader, log, live_total))))
+    prepared = (read
+                | "ReadOk" >> Keep(OK)
+                | "Check" >> beam.ParDo(guarded_map(prepare_in_order), rules))
+    good = prepared | "CheckOk" >> Keep(OK)
 
-    bad_reads = read.bad | "ReadReason" >> beam.Map(lambda bad: _dead_letter_line(bad[0], bad[1], "read"))
-    bad_records = prepared.bad | "CheckReason" >> beam.Map(lambda bad: _dead_letter_line(bad[0], bad[1], "check"))
-    (((bad_reads, bad_records) | "AllBad" >> beam.Flatten())
-     | "WriteDeadLetter" >> beam.io.WriteToText(str(out / Path(ex.DEAD_LETTER_FILE).stem), file_name_suffix=".jsonl",
-                                                 shard_name_template="", num_shards=1))
+    bad_reads = read | "ReadBad" >> Keep(BAD) | "ReadReason" >> beam.Map(_bad_read, dead_letter)
+    bad_records = prepared | "CheckBad" >> Keep(BAD) | "CheckReason" >> beam.Map(_bad_record, dead_letter)
 
-    by_split = prepared.good | "BySplit" >> beam.Partition(lambda row, n: ex.SPLITS.index(row[0]), len(ex.SPLITS))
-    for split, rows in zip(ex.SPLITS, by_split):
-        (rows
-         | f"Serialized[{split}]" >> beam.Map(lambda row: row[1])
-         | f"Write[{split}]" >> WriteOrderedShards(str(out / split / "data"), num_shards))
+    shards = (good
+              | "BySplit" >> beam.Map(lambda row: (ex.SPLITS.index(row[1][0]), row[1][1]))
+              | "WriteShards" >> WriteGroupedShards([str(out / split / "data") for split in ex.SPLITS], num_shards))
 
-    stats = (prepared.good
-             | "Summaries" >> beam.Map(lambda row: row[2])
-             | "Combine" >> beam.CombineGlobally(stats_lib.StatsCombineFn())
+    stats = (good
+             | "Summaries" >> beam.Map(lambda row: (row[0], row[1][2]))
+             | "Combine" >> CombineInOrder(stats_lib.StatsCombineFn())
              | "Finalize" >> beam.Map(stats_lib.finalize, class_names, mask_class_names))
-    (stats
-     | "StatsJson" >> beam.Map(lambda s: json.dumps(s, indent=2, sort_keys=True))
-     | "WriteStats" >> beam.io.WriteToText(str(out / "stats"), file_name_suffix=".json", shard_name_template="",
-                                           num_shards=1))
-    (stats
-     | "SchemaJson" >> beam.Map(_schema_document, static_schema)
-     | "WriteSchema" >> beam.io.WriteToText(str(out / "schema"), file_name_suffix=".json", shard_name_template="",
-                                            num_shards=1))
+    stats_json = stats | "StatsJson" >> beam.Map(lambda s: (stats_file, 0, json.dumps(s, indent=2, sort_keys=True)))
+    schema_json = stats | "SchemaJson" >> beam.Map(lambda s: (schema_file, 0, _schema_document(s, static_schema)))
+    texts = ((bad_reads, bad_records, stats_json, schema_json)
+             | "AllText" >> beam.Flatten()
+             | "WriteText" >> WriteTextFiles([dead_letter, stats_file, schema_file]))
+    _ = (shards, texts) | "Done" >> Join()
 
 
 def _rules(config: PipelineConfig, class_names: list[str], extras: dict) -> RecordRules:
@@ -317,7 +347,7 @@ def run_ingest(ctx: ExecutionContext) -> None:
     }
     rules = _rules(ctx.config, class_names, extras)
     mask_class_names = extras.get("mask_class_names", class_names)
-    pipeline = beam_lib.make_pipeline(ctx.config, job_name=f"ingest-{ctx.execution_id}")
+    pipeline = beam_lib.make_pipeline(ctx.config, job_name=f"ingest-{ctx.execution_id}", parallelism=len(items))
     beam_section = ctx.config.beam
     in_process = (beam_section.runner == "DirectRunner" and beam_section.direct_running_mode == "in_memory"
                   and beam_section.direct_num_workers == 1 and not beam_section.args)

@@ -15,8 +15,9 @@ from pipeline.config.sources import (  # noqa: F401
     CocoSource, ImageFolderSource, MaskFolderSource, Source, SyntheticSource, TfdsSource, VideoFolderSource,
     VocSource, YoloSource)
 from pipeline.config.sections import (  # noqa: F401
-    AugmentSection, BeamSection, ClusterSection, Divergence, EarlyStopping, EvaluateSection, ExportFormat,
-    ExportSection, FineTune, FormatTolerance, IngestSection, ModelSection, MultitaskSection, OptimizerSection,
-    PipelineConfig, PipelineSection, RandomResizedCrop, SplitFractions, TrainSection, ValidateSection)
+    AugmentSection, BeamSection, ClusterSection, DaskSection, Divergence, EarlyStopping, EvaluateSection,
+    ExportFormat, ExportSection, FineTune, FormatTolerance, IngestSection, ModelSection, MultitaskSection,
+    OptimizerSection, PipelineConfig, PipelineSection, RandomResizedCrop, SplitFractions, TrainSection,
+    ValidateSection)
 from pipeline.config.loading import (  # noqa: F401
     apply_override, format_validation_error, json_schema, load_config, load_config_dict, parse_config)

@@ -22,11 +22,24 @@ class PipelineSection(Strict):
                           "postgresql+psycopg://user:password@host:5432/db shares one store between machines.")
 
 
+class DaskSection(Strict):
+    """Where `beam.runner: "dask"` runs: a running `distributed` scheduler, or a LocalCluster per Beam pipeline."""
+    address: Optional[str] = Field(
+        None, description="A dask.distributed scheduler, e.g. tcp://scheduler:8786; none: start a LocalCluster.")
+    workers: PositiveInt = Field(2, description="LocalCluster worker processes (only when no address is given).")
+    threads_per_worker: PositiveInt = Field(1, description="LocalCluster threads per worker process.")
+    partitions: Optional[PositiveInt] = Field(
+        None, description="dask.bag partitions a Create is cut into; default: 2 per cluster worker thread, "
+                          "at most one per work item (ingest) or train shard (augment).")
+
+
 class BeamSection(Strict):
     args: list[str] = Field(default_factory=list, description="Extra Beam pipeline options, e.g. --runner=FlinkRunner.")
-    runner: str = Field("DirectRunner", description="Named explicitly: a left-default runner may download binaries.")
+    runner: str = Field("DirectRunner", description="Named explicitly: a left-default runner may download binaries; "
+                                                    "\"dask\" (or DaskRunner) runs on beam.dask's cluster.")
     direct_num_workers: PositiveInt = 1
     direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
+    dask: DaskSection = Field(default_factory=DaskSection)
 
 
 # --------------------------------------------------------------------------------------------

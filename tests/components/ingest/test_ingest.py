@@ -12,6 +12,7 @@ from PIL import Image
 from components import examples as ex
 from components.ingest import stage as ingest
 from components.sources.synthetic import synthetic_record
+from pipeline.artifacts import fingerprint_dir
 from pipeline.config import parse_config
 from pipeline.stage import ExecutionContext, StageError
 
@@ -220,8 +221,6 @@ def test_multi_processing_writes_the_same_examples(tmp_path, classification):
     config["beam"] = {"direct_running_mode": "multi_processing", "direct_num_workers": 2}
     parallel, _ = run_stage(tmp_path, config)
     assert ids_by_split(parallel) == ids_by_split(out)
-    got = json.loads((parallel / ex.STATS_FILE).read_text())["total"]
-    want = json.loads((out / ex.STATS_FILE).read_text())["total"]
-    for key in ("pixel_mean", "pixel_std"):  # sums added in another order: equal to float rounding
-        np.testing.assert_allclose(got.pop(key), want.pop(key), rtol=1e-12)
-    assert got == want
+    # the statistics are added in the records' source order on any runner: equal to the last bit
+    assert (parallel / ex.STATS_FILE).read_bytes() == (out / ex.STATS_FILE).read_bytes()
+    assert fingerprint_dir(parallel) == fingerprint_dir(out)
