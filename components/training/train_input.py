@@ -160,7 +160,11 @@ class EvalInput:
         self.examples_dir, self.batch_size = examples_dir, batch_size
         self.decoded = (ex.decoded_split(examples_dir, "eval", cache=True)
                         if should_cache(train.cache, schema, count) else None)
-        self.dataset = ex.make_dataset(examples_dir, "eval", batch_size, decoded=self.decoded)
+        self.dataset = None
 
     def __call__(self):
+        from components import examples as ex
+
+        if self.dataset is None:
+            self.dataset = ex.make_dataset(self.examples_dir, "eval", self.batch_size, decoded=self.decoded)
         return self.dataset
