@@ -117,7 +117,7 @@ def run(size: str) -> Result:
                                  "p50 per image; the target's ratio")
     result.ratio(f"serving_default_over_keras_call/{big}",
                  timing.ratio(p50[f"serving_default/{big}"], p50[f"keras_call/{big}"]), "p50 per image, eager call")
-    result.target(f"batch-{big} p50 per image: serving_default / Keras", over_function, "<=", 1.5)
+    result.target(f"batch-{big} p50 per image: serving_default / Keras", over_function, "<=", 1.2)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -112,8 +112,7 @@ class PipelineTrainer:
 
     def drain(self) -> None:
         """Wait for the end-of-epoch work still running beside training (a benchmark's epoch ends here)."""
-        if self.end.background:
-            self.end._jobs.join()
+        self.end.wait()
 
     def close(self) -> None:
         self.end.close()

@@ -48,6 +48,9 @@ class EndOfEpoch:
         progress.sync()
         self._epoch_end(self.model, self.backups.checkpoint, epoch, train, evaluation, learning_rate)
 
+    def wait(self) -> None:
+        """Wait until the queued work is done (none is queued here)."""
+
     def close(self) -> None:
         """Wait for every pending job (none here)."""
 
@@ -84,6 +87,11 @@ class BackgroundEndOfEpoch(EndOfEpoch):
         progress.sync()
         self._submit(lambda: self._epoch_end(self.mirror.model, self.mirror.checkpoint, epoch, train, evaluation,
                                              learning_rate))
+
+    def wait(self) -> None:
+        """Wait until the queued job is done; raises what it raised."""
+        self._jobs.join()
+        self._raise()
 
     def close(self) -> None:
         """Wait for the last job and stop the thread; raises what a job raised."""

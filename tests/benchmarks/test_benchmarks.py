@@ -38,6 +38,49 @@ def test_trainer_overhead_runs_and_reports_its_figures(tmp_path):
     assert target["target"] == ">= 0.98" and target["met"] == (target["measured"] >= 0.98)
 
 
+@pytest.mark.slow
+def test_the_issue_17_benchmarks_run_at_tiny_size_and_report_their_figures(tmp_path):
+    """precision_speed, compute_efficiency (64/128 against the same dtype's peak), input_headroom,
+    serving_latency and default_run, in one --tiny run: every figure and target the README's table quotes."""
+    out = tmp_path / "figures.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    names = ["precision_speed", "compute_efficiency", "input_headroom", "serving_latency", "default_run"]
+    command = [sys.executable, "-m", "benchmarks", "--tiny", "--json", str(out)]
+    for name in names:
+        command += ["--only", name]
+    process = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=1200)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert document["failed"] == {} and sorted(document["benchmarks"]) == sorted(names)
+    figures = {name: result["figures"] for name, result in document["benchmarks"].items()}
+    targets = {name: {t["name"]: t for t in result["targets"]} for name, result in document["benchmarks"].items()}
+
+    precision = document["benchmarks"]["precision_speed"]
+    for policy in ("float32", "mixed_bfloat16"):
+        assert figures["precision_speed"][f"{policy}_images_per_s"]["value"] > 0
+        assert 0.0 <= figures["precision_speed"][f"{policy}_test_accuracy"]["value"] <= 1.0
+    assert precision["settings"]["auto_picks"] in ("float32", "mixed_bfloat16", "mixed_float16")
+    assert targets["precision_speed"]["mixed_bfloat16 / float32 images/s"]["target"] == ">= 1.8"
+    assert targets["precision_speed"]["test accuracy gap"]["target"] == "<= 0.01"
+
+    compute = figures["compute_efficiency"]
+    assert compute["size_16_bf16_fraction_of_peak"]["unit"] == "of bfloat16 matmul peak"
+    assert compute["size_16_fraction_of_peak"]["unit"] == "of float32 matmul peak"
+    assert compute["matmul_bfloat16_peak_gflops"]["value"] > 0
+    assert "size_16_bf16_over_float32" in document["benchmarks"]["compute_efficiency"]["ratios"]
+
+    assert targets["input_headroom"]["input wait share"]["target"] == "< 0.02"
+    assert targets["serving_latency"]["batch-32 p50 per image: serving_default / Keras"]["target"] == "<= 1.2"
+
+    run = figures["default_run"]
+    stages = ["ingest", "validate", "augment", "train", "evaluate", "compare", "export"]
+    assert all(f"{stage}_seconds" in run for stage in stages)
+    assert run["fresh_run_seconds"]["value"] >= sum(run[f"{stage}_seconds"]["value"] for stage in stages)
+    assert run["cached_run_seconds"]["value"] > 0
+    assert targets["default_run"]["fresh run seconds"]["target"] == "<= 35"
+    assert targets["default_run"]["cached rerun seconds"]["target"] == "< 2"
+
+
 def test_alternate_runs_warmup_then_sides_in_turn():
     calls = []
 
