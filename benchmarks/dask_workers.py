@@ -14,13 +14,12 @@ run: the same pure-Python CPU-bound work in one process, then split over two.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks import data, timing
-from benchmarks.ingest_throughput import spin_in_processes, worker_output_to
+from benchmarks.ingest_throughput import spin_in_processes, throwaway_ingest
 from benchmarks.report import Result
 
 NAME = "dask_workers"
@@ -56,13 +55,8 @@ def run(size: str) -> Result:
                                           overrides=MODES[mode])
 
             def ingest():
-                name = f"run-{next(runs)}"
-                with worker_output_to(root / "workers.log"):
-                    out = data.ingest(config, root, name=name)
-                if check:
-                    fingerprints.setdefault(mode, set()).add(fingerprint_dir(out))
-                shutil.rmtree(root / name, ignore_errors=True)
-                shutil.rmtree(root / f"{name}-work", ignore_errors=True)
+                keep = (lambda out: fingerprints.setdefault(mode, set()).add(fingerprint_dir(out))) if check else None
+                throwaway_ingest(config, root, f"run-{next(runs)}", root / "workers.log", inspect=keep)
             return ingest
 
         sides = {f"synthetic/{mode}": side(mode, n, check=True) for mode in MODES}

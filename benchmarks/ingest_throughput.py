@@ -107,6 +107,17 @@ def worker_output_to(path: Path):
             os.close(saved)
 
 
+def throwaway_ingest(config, root: Path, name: str, worker_log: Path, inspect=None) -> None:
+    """One timed ingest into `root/name`, Beam workers' output sent to `worker_log`; `inspect(out_dir)`
+    sees the Examples before the run's directories are removed again."""
+    with worker_output_to(worker_log):
+        out = data.ingest(config, root, name=name)
+    if inspect is not None:
+        inspect(out)
+    shutil.rmtree(root / name, ignore_errors=True)
+    shutil.rmtree(root / f"{name}-work", ignore_errors=True)
+
+
 SPIN = 3_000_000
 
 
@@ -148,11 +159,7 @@ def run(size: str) -> Result:
             config = data.pipeline_config(root, overrides=overrides)
 
             def side():
-                name = f"run-{next(runs)}"
-                with worker_output_to(root / "beam-workers.log"):
-                    data.ingest(config, root, name=name)
-                shutil.rmtree(root / name, ignore_errors=True)
-                shutil.rmtree(root / f"{name}-work", ignore_errors=True)
+                throwaway_ingest(config, root, f"run-{next(runs)}", root / "beam-workers.log")
             return side
 
         def plain_side(overrides):

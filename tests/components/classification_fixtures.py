@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -126,3 +129,20 @@ def write_model_artifact(directory: Path, model=None) -> Path:
     (directory / "history.json").write_text(json.dumps(history))
     (directory / "trial.json").write_text(json.dumps(trial))
     return directory
+
+
+def start_trial_process(tmp_path: Path, config, examples_dir: Path, name: str = "killed"):
+    """`python -m components.training.worker` on one trial in a child process, its output piped (for tests that
+    kill it mid-training); returns (process, work_dir)."""
+    from components.training.trial import TrialSpec
+
+    project = Path(__file__).resolve().parents[2]
+    work_dir = tmp_path / "work-train"
+    spec = TrialSpec(config=config.to_dict(), examples_dir=str(examples_dir), work_dir=str(work_dir),
+                     output_dir=str(tmp_path / f"{name}-output"), tensorboard_dir=str(tmp_path / "tb"), name=name)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.to_json())
+    env = dict(os.environ, PYTHONPATH=str(project), TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen([sys.executable, "-m", "components.training.worker", str(spec_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=project)
+    return process, work_dir

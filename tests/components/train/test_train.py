@@ -245,18 +245,10 @@ def test_backup_falls_back_to_the_older_one_when_the_newest_is_truncated(tmp_pat
 
 
 def test_resumes_from_its_backup_after_sigkill_mid_epoch(tmp_path):
-    from components.training.trial import TrialSpec
 
     examples_dir = fx.write_examples(tmp_path / "examples", counts={"train": 96, "eval": 12, "test": 12})
     config = fx.tiny_config(tmp_path, epochs=3, batch_size=4, save_freq_steps=5)  # 24 steps per epoch
-    work_dir = tmp_path / "work-train"
-    spec = TrialSpec(config=config.to_dict(), examples_dir=str(examples_dir), work_dir=str(work_dir),
-                     output_dir=str(tmp_path / "killed-output"), tensorboard_dir=str(tmp_path / "tb"), name="killed")
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(spec.to_json())
-    env = dict(os.environ, PYTHONPATH=str(PROJECT), TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen([sys.executable, "-m", "components.training.worker", str(spec_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=PROJECT)
+    process, work_dir = fx.start_trial_process(tmp_path, config, examples_dir)
     seen = []
     for line in process.stdout:
         seen.append(line)

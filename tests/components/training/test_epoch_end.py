@@ -3,12 +3,8 @@ the moment it was queued, a job's error reaches the training thread, and a SIGKI
 being written in the background resumes from the newest complete one."""
 import json
 import logging
-import os
 import re
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +12,6 @@ import pytest
 from tests.components import classification_fixtures as fx
 from tests.components.train.test_train import run_train
 
-PROJECT = Path(__file__).resolve().parents[3]
 
 
 def trackables():
@@ -96,18 +91,10 @@ def test_an_error_in_a_background_job_reaches_the_training_thread(tmp_path):
 
 def test_a_sigkill_while_backups_are_written_in_the_background_resumes_from_the_newest_complete_one(tmp_path):
     from components.training.backups import Backups
-    from components.training.trial import TrialSpec
 
     examples_dir = fx.write_examples(tmp_path / "examples", counts={"train": 96, "eval": 12, "test": 12})
     config = fx.tiny_config(tmp_path, epochs=2, batch_size=4, save_freq_steps=1)  # a backup every step
-    work_dir = tmp_path / "work-train"
-    spec = TrialSpec(config=config.to_dict(), examples_dir=str(examples_dir), work_dir=str(work_dir),
-                     output_dir=str(tmp_path / "killed-output"), tensorboard_dir=str(tmp_path / "tb"), name="killed")
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(spec.to_json())
-    env = dict(os.environ, PYTHONPATH=str(PROJECT), TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen([sys.executable, "-m", "components.training.worker", str(spec_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=PROJECT)
+    process, work_dir = fx.start_trial_process(tmp_path, config, examples_dir)
     seen, logged = [], []
     for line in process.stdout:
         seen.append(line)
