@@ -56,7 +56,7 @@ def plain_loop(config, out: Path) -> int:
     import tensorflow as tf
 
     from components import examples as ex
-    from components.ingest import stage as ingest
+    from components.ingest import records as ingest
     from components.ingest import stats as stats_lib
     from components.sources import make_reader
 

@@ -105,3 +105,35 @@ def test_stage_outside_the_project_is_versioned_by_its_file():
                               "pipeline.config.sections", "pipeline.config.sources", "pipeline.stage",
                               "tests.pipeline.fake_stages"]
     assert stage_code_version(Stage("x", {}, lambda c: None, lambda c: {}, module="tests.pipeline.fake_stages")) == version
+
+
+def test_a_scan_cache_on_disk_gives_the_same_versions_and_skips_the_parse(tree, tmp_path_factory, monkeypatch):
+    from pipeline import codeversion
+
+    cache_file = tmp_path_factory.mktemp("cache") / "code-scans.json"
+    fresh = CodeIndex(tree).version("components.train")
+    first = CodeIndex(tree, scans=codeversion.ScanCache(cache_file))
+    assert first.version("components.train") == fresh
+    assert cache_file.is_file()
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("parsed although the scan was on disk")
+
+    codeversion._imports.cache_clear()
+    monkeypatch.setattr(codeversion, "scan_source", no_parse)
+    assert CodeIndex(tree, scans=codeversion.ScanCache(cache_file)).version("components.train") == fresh
+    # an edited helper is scanned again (its bytes have a new digest) and changes the version
+    (tree / "components/helpers.py").write_text("import models.fcn\n")
+    monkeypatch.undo()
+    edited = CodeIndex(tree, scans=codeversion.ScanCache(cache_file))
+    assert edited.version("components.train") != fresh
+    assert "models.fcn" in edited.closure("components.train")
+
+
+def test_an_unreadable_scan_cache_is_ignored(tree, tmp_path):
+    from pipeline import codeversion
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert CodeIndex(tree, scans=codeversion.ScanCache(broken)).version("components.train") \
+        == CodeIndex(tree).version("components.train")

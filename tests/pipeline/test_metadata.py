@@ -100,3 +100,21 @@ def test_two_processes_write_without_losing_or_corrupting_rows(tmp_path, subproc
     assert sql(store, "PRAGMA journal_mode")[0][0] == "wal"
     counts = dict(sql(store, "SELECT cache_key, COUNT(*) FROM executions GROUP BY cache_key"))
     assert counts == {"w1": 40, "w2": 40}
+
+
+def test_head_revision_constant_is_alembic_head():
+    """A store at HEAD_REVISION opens without Alembic: the constant must move with every new migration."""
+    from pipeline import database
+
+    assert database.HEAD_REVISION == database.head_revision()
+
+
+def test_a_store_opened_twice_is_at_head_and_keeps_its_rows(tmp_path):
+    from pipeline import database
+
+    store = MetadataStore(tmp_path / "metadata.sqlite")
+    run_id = store.start_run({"p": 1}, [])
+    store = MetadataStore(tmp_path / "metadata.sqlite")
+    with store._engine.connect() as connection:
+        assert database.is_at_head(connection)
+    assert [r[0] for r in sql(store, "SELECT id FROM runs")] == [run_id]

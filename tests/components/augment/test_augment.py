@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.augment import stage as augment
+from components.augment import beam_job, stage as augment
 from components.augment.augmentations import augment_record, copy_seed
 from components.examples import decode_example, encode_example, iter_records, shard_files
 from components.sources.synthetic import pixel_box, synthetic_record
@@ -151,7 +151,7 @@ def test_with_copies_yields_the_original_first_then_named_copies():
     record = {"id": "r", "source": "s", "image": np.zeros((4, 4, 3), np.uint8), "label": 1}
     serialized = encode_example(record)
     cfg = PipelineConfig.model_validate({"augment": {"copies": 2}}).augment
-    out = list(augment.with_copies(serialized, cfg))
+    out = list(beam_job.with_copies(serialized, cfg))
     assert out[0] == serialized
     assert [decode_example(s)["id"] for s in out] == ["r", "r#aug1", "r#aug2"]
     assert [decode_example(s)["label"] for s in out] == [1, 1, 1]

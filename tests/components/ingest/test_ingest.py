@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from components import examples as ex
-from components.ingest import stage as ingest
+from components.ingest import records, stage as ingest
 from components.sources.synthetic import synthetic_record
 from pipeline.artifacts import fingerprint_dir
 from pipeline.config import parse_config
@@ -43,15 +43,15 @@ def ids_by_split(examples_dir: Path) -> dict[str, set[str]]:
 def test_split_is_the_hash_of_the_id():
     bounds = (0.6, 0.8)
     # the SHA-256 of "a" starts with ca978112...: 0xca978112 / 2**32 = 0.791 -> eval
-    assert ingest.split_of("a", bounds) == "eval"
-    counts = Counter(ingest.split_of(f"id-{i}", bounds) for i in range(3000))
+    assert records.split_of("a", bounds) == "eval"
+    counts = Counter(records.split_of(f"id-{i}", bounds) for i in range(3000))
     assert abs(counts["train"] / 3000 - 0.6) < 0.03 and abs(counts["test"] / 3000 - 0.2) < 0.03
 
 
 def test_synthetic_classification_layout_counts_and_splits(classification):
     out, ctx = classification
     expected = {split: {f"synthetic-{i:07d}" for i in range(30)
-                        if ingest.split_of(f"synthetic-{i:07d}", (0.6, 0.8)) == split} for split in ex.SPLITS}
+                        if records.split_of(f"synthetic-{i:07d}", (0.6, 0.8)) == split} for split in ex.SPLITS}
     assert ids_by_split(out) == expected
     for split in ex.SPLITS:
         names = [Path(p).name for p in ex.shard_files(out, split)]
