@@ -43,11 +43,19 @@ def check_labels(labels: Sequence[int], class_names: Sequence[str], where: str) 
         raise ValueError(f"test labels {bad} are outside 0..{len(class_names) - 1} ({where})")
 
 
-def softmax_batches(model, inputs: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """softmax(model(inputs)) in batches, float32 [N, K]."""
+def softmax_batches(model, inputs: np.ndarray, batch_size: int = 128, compiled: bool = False) -> np.ndarray:
+    """softmax(model(inputs)) in batches, float32 [N, K].
+
+    `compiled`: through Keras's traced predict function (`predict_on_batch`), for a model asked
+    again and again (the sample picture after every epoch: 10 ms a call instead of 54 eagerly, on
+    the default CNN here, after a first call that traces it in ~0.25 s); eager calls otherwise,
+    for a model asked once (the evaluation)."""
     import tensorflow as tf
 
-    outputs = [tf.nn.softmax(tf.cast(model(inputs[i:i + batch_size], training=False), tf.float32)).numpy()
+    def logits(batch):
+        return model.predict_on_batch(batch) if compiled else model(batch, training=False)
+
+    outputs = [tf.nn.softmax(tf.cast(logits(inputs[i:i + batch_size]), tf.float32)).numpy()
                for i in range(0, len(inputs), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
@@ -96,7 +104,10 @@ class ClassificationTask(TaskAdapter):
     def sample_grid_png(self, model, inputs, targets, class_names):
         from components.reports.sample_grids import classification_grid_png
 
-        probabilities = softmax_batches(model, np.asarray(inputs))
+        # Keras's predict function on a model of several replicas gathers across them, which would
+        # wait for workers that draw no picture: compiled only on one replica.
+        one_replica = getattr(getattr(model, "distribute_strategy", None), "num_replicas_in_sync", 1) == 1
+        probabilities = softmax_batches(model, np.asarray(inputs), compiled=one_replica)
         return classification_grid_png(self.display_images(np.asarray(inputs)), np.asarray(targets).argmax(-1),
                                        probabilities.argmax(-1), probabilities.max(-1), class_names)
 

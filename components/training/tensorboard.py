@@ -17,6 +17,16 @@ from pathlib import Path
 from typing import Optional
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, which the format puts first."""
+    if len(png) < 24 or png[:8] != _PNG_SIGNATURE or png[12:16] != b"IHDR":
+        raise ValueError(f"expected PNG bytes (signature and IHDR chunk), got {png[:16]!r}")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
 def tensorboard_dir(root: str | Path, tensorboard_root: Optional[str], run_name: str) -> Path:
     """`<tensorboard_root or root/tensorboard>/<run_name>`."""
     base = Path(tensorboard_root) if tensorboard_root else Path(root) / "tensorboard"
@@ -49,13 +59,24 @@ class TrainingLogs:
         self.flush()
 
     def sample_predictions(self, epoch: int, png: bytes) -> None:
-        import tensorflow as tf
+        """The grid's PNG as an image summary, its bytes as they are.
 
-        image = tf.io.decode_png(png, channels=4)[None]
+        `tf.summary.image` takes pixels and encodes them again: decoding the grid only to have it
+        re-encoded was two thirds of the picture's cost at every epoch (~25 of 40 ms on the default
+        run here). The image plugin's tensor is [width, height, encoded image...] (strings), which
+        is what this writes, with the plugin's own metadata, so TensorBoard shows it the same way.
+        """
+        import tensorflow as tf
+        from tensorboard.plugins.image import metadata
+
+        width, height = png_size(png)
+        summary_metadata = metadata.create_summary_metadata(
+            display_name="sample_predictions",
+            description="Sample test images after this epoch: the predictions beside the truth "
+                        "(classes with probabilities, masks or boxes, by task)")
         with self.eval.as_default(step=epoch):
-            tf.summary.image("sample_predictions", image, max_outputs=1,
-                             description="Sample test images after this epoch: the predictions beside the truth "
-                                         "(classes with probabilities, masks or boxes, by task)")
+            tf.summary.write("sample_predictions", tf.constant([str(width), str(height), png]),
+                             metadata=summary_metadata)
         self.flush()
 
     def graph(self, concrete_function) -> None:
