@@ -306,19 +306,28 @@ def sync_served(model_url: str) -> Path:
     return mirror
 
 
-def push_version(local_version: Path, model_url: str) -> str:
-    """Upload a checked SavedModel as version `local_version.name`, saved_model.pb last.
+def push_version(local_version: Path, model_url: str) -> tuple[int, str]:
+    """Upload a checked SavedModel directory as the next version of a remote model: (version, URL).
 
-    S3 has no rename, so a version cannot appear at once: its files are uploaded first and
-    saved_model.pb, the file without which nothing loads it, last. `remote_versions` (our readers)
-    counts only versions holding it; TF Serving's load of a version seen before it fails and is
-    retried (`--max_num_load_retries`), so the version it serves is whole.
+    The number is claimed first (pipeline/version_claims.py: one conditional put of
+    `<model>/.claims/<n>`, retried with n+1 when another exporter won it), so two exporters of one
+    serving root never write into the same version. S3 has no rename, so a version cannot appear at
+    once: its files are uploaded first and saved_model.pb, the file without which nothing loads it,
+    last. `remote_versions` (our readers) counts only versions holding it; TF Serving's load of a
+    version seen before it fails and is retried (`--max_num_load_retries`), so the version it
+    serves is whole.
     """
+    from pipeline.version_claims import ClaimError, claim_next_version
+
     fs, path = _fs(model_url)
-    version = local_version.name
+    try:
+        version = claim_next_version(fs, path)
+    except ClaimError as exc:
+        raise RootError(f"serving root {model_url}: {exc}") from None
+    except Exception as exc:
+        raise RootError(f"serving root {model_url}: claiming a version number failed: {_reason(exc)}") from exc
     target = f"{path}/{version}"
-    if fs.exists(target):
-        raise RootError(f"serving root {model_url}: version {version} already exists there (another exporter?)")
+    local_version = Path(local_version)
     files = sorted((p for p in local_version.rglob("*") if p.is_file()), key=lambda p: p.name == SAVED_MODEL_FILE)
     try:
         for file in files:
@@ -327,7 +336,7 @@ def push_version(local_version: Path, model_url: str) -> str:
         try:
             fs.rm(target, recursive=True)
         except Exception:
-            pass  # without saved_model.pb it is never loaded; the next export takes the next number
+            pass  # without saved_model.pb it is never loaded; the claim keeps its number from being reused
         raise RootError(f"serving root {model_url}: uploading version {version} failed: {_reason(exc)}") from exc
     protocol = model_url.split("://", 1)[0]
-    return f"{protocol}://{target}"
+    return version, f"{protocol}://{target}"

@@ -5,7 +5,9 @@ Only a blessed model is pushed; otherwise the stage records why not and succeeds
 `<serving_root>/<model_name>/.tmp-*`, on the same filesystem as its final place, then loaded in a
 fresh Python process and run on the evaluation's probe inputs through every signature; only when
 every output is within `export.tolerance` of the Keras model's is the directory renamed to the
-next numeric version.
+next numeric version. On a remote serving root (s3://) the next number is claimed on the bucket
+with a conditional put (pipeline/version_claims.py), the version uploaded with saved_model.pb
+last, and the local mirror's copy renamed to that number.
 TF Serving loads any numeric directory it sees, half-copied or not (tensorflow/serving#1086), so
 a version appears complete or not at all. A failed check removes the temporary directory.
 
@@ -118,17 +120,17 @@ def executor(ctx: ExecutionContext) -> None:
                              f"the probe inputs: max |difference| of outputs {differences} "
                              f"(expected < export.tolerance = {tolerance}); nothing was pushed")
         formats = _write_formats(ctx, temporary, model, task, probe_dir, info)
-        target = next_version_dir(serving_dir, temporary)
+        if remote:  # the number is claimed on the bucket (atomic there), then the mirror takes it
+            version, target = filesystem.push_version(temporary, model_url)
+            mirrored = serving_dir / str(version)
+            shutil.rmtree(mirrored, ignore_errors=True)
+            os.rename(temporary, mirrored)
+        else:
+            target = next_version_dir(serving_dir, temporary)
+            version = int(target.name)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    if remote:
-        try:
-            target = filesystem.push_version(target, model_url)
-        except BaseException:
-            shutil.rmtree(serving_dir / str(target.name), ignore_errors=True)
-            raise
-    version = int(str(target).rstrip("/").rsplit("/", 1)[-1])
     ctx.log.info("export: pushed version %d to %s (max |difference| %.2g)", version, target, max(differences.values()))
     _record(ctx, {"pushed": True, "version": version, "path": str(target), "max_abs_difference": differences,
                   "signatures": list(task.signatures),
