@@ -10,6 +10,8 @@
     convpipe describe-model [--config C]   per-layer sizes and receptive fields by the formula
     convpipe schedule --cron EXPR [--print crontab|systemd] [--once]   the pipeline on a cron schedule
     convpipe train-worker [--config C] [--set ...] [--root DIR]   one more worker of a multi-worker train stage
+    convpipe cache prune --root URL --metadata DB [--keep-runs N] [--max-bytes B] [--dry-run]
+                                           bound a remote root's local working copy ($CONVPIPE_CACHE)
 
 `--config` defaults to ./pipeline_config.json when it exists, else the built-in defaults; `--root`
 (every command) overrides `pipeline.root`. A relative root is relative to the current directory.
@@ -192,6 +194,28 @@ def cmd_train_worker(args) -> int:
     return code
 
 
+def cmd_cache_prune(args) -> int:
+    """Delete what the bucket also holds (or nobody reads) from a remote root's local working copy."""
+    from pipeline.cache_prune import parse_bytes, prune
+
+    config = load(args)
+    max_bytes = parse_bytes(args.max_bytes) if args.max_bytes is not None else None
+    plan = prune(config.pipeline.root, config.pipeline.metadata, args.keep_runs, max_bytes,
+                 dry_run=args.dry_run, wait=args.wait)
+    if args.json:
+        print_json(plan.to_dict())
+        return EXIT_OK
+    verb = "would delete" if args.dry_run else "deleted"
+    for item in plan.delete:
+        print(f"{verb} {item.rel} ({item.size} bytes: {item.why})")
+    for item in plan.items:
+        if not item.removable:
+            print(f"kept {item.rel} ({item.size} bytes: {item.why})")
+    print(f"{plan.local} (working copy of {plan.url}): {plan.total} bytes, {verb} {plan.freed}, "
+          f"{plan.total - plan.freed} left")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convpipe", description="A computer-vision training pipeline.",
@@ -273,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
                    help="how long to wait for the chief's run to reach its train stage; default 3600")
     p.add_argument("-v", "--verbose", action="store_true")
+
+    p = sub.add_parser("cache", help="the local working copies of remote roots ($CONVPIPE_CACHE)")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    q = cache_sub.add_parser("prune", help="delete from a remote root's working copy what the bucket also holds "
+                                           "(or nobody reads); never an object of the bucket")
+    common(q)
+    q.add_argument("--keep-runs", type=int, metavar="N", help="keep what the newest N runs ran, reused or read")
+    q.add_argument("--max-bytes", metavar="B", help="delete, oldest run first, until the working copy holds at most "
+                                                   "B bytes (500M, 2G, ...)")
+    q.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    q.add_argument("--wait", action="store_true", help="wait for a run holding the root instead of exiting 75")
+    q.add_argument("--json", action="store_true")
     return parser
 
 
@@ -328,6 +364,8 @@ def _main(argv: list, stages) -> int:
             return cmd_describe_model(args)
         if args.command == "train-worker":
             return cmd_train_worker(args)
+        if args.command == "cache":
+            return cmd_cache_prune(args)
         if args.command == "schedule":
             from pipeline.schedule import cmd_schedule
             return cmd_schedule(args)
