@@ -6,7 +6,7 @@
     convpipe config schema [--output F]    JSON Schema generated from the config models
     convpipe config check FILE             validate a config (and every stage's checks) without running
     convpipe tensorboard                   TensorBoard on every run's logs
-    convpipe predict --model DIR/NAME [--version V] [--heatmap OUT] IMAGE...
+    convpipe predict --model DIR/NAME|URL [--version V] [--heatmap OUT [--metadata DB]] IMAGE...
     convpipe describe-model [--config C]   per-layer sizes and receptive fields by the formula
     convpipe schedule --cron EXPR [--print crontab|systemd] [--once]   the pipeline on a cron schedule
     convpipe train-worker [--config C] [--set ...] [--root DIR]   one more worker of a multi-worker train stage
@@ -177,6 +177,7 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", required=True, metavar="SERVING_DIR/NAME")
         parser.add_argument("--version", type=int, default=None)
         parser.add_argument("--heatmap", metavar="OUT", default=None)
+        parser.add_argument("--metadata", metavar="URL", default=None)
         parser.add_argument("images", nargs="+", metavar="IMAGE")
     else:
         add_arguments(parser)

@@ -283,6 +283,22 @@ def remote_versions(model_url: str) -> list[int]:
     return sorted(versions)
 
 
+def _download_version(fs, path: str, mirror: Path, version: int) -> Path:
+    """One whole remote version into the mirror (a temporary sibling renamed into place), once."""
+    target = mirror / str(version)
+    if (target / SAVED_MODEL_FILE).is_file():
+        return target
+    tmp = mirror / f".fetch-{version}-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.get(f"{path}/{version}/", str(tmp) + "/", recursive=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(tmp, target)
+    return target
+
+
 def sync_served(model_url: str) -> Path:
     """The local mirror of a remote model directory, with every whole version downloaded (once)."""
     fs, path = _fs(model_url)
@@ -291,19 +307,35 @@ def sync_served(model_url: str) -> Path:
     try:
         wanted = remote_versions(model_url)
         for version in wanted:
-            target = mirror / str(version)
-            if (target / SAVED_MODEL_FILE).is_file():
-                continue
-            tmp = mirror / f".fetch-{version}-{uuid.uuid4().hex[:8]}"
-            fs.get(f"{path}/{version}/", str(tmp) + "/", recursive=True)
-            shutil.rmtree(target, ignore_errors=True)
-            os.rename(tmp, target)
+            _download_version(fs, path, mirror, version)
     except Exception as exc:
         raise RootError(f"serving root {model_url}: {_reason(exc)}") from exc
     for stale in mirror.iterdir():  # a version removed from the bucket is not served any more
         if stale.name.isdigit() and int(stale.name) not in wanted:
             shutil.rmtree(stale, ignore_errors=True)
     return mirror
+
+
+def served_version(model_url: str, version: Optional[int] = None) -> Path:
+    """One whole version of a remote model (the latest when `version` is None), downloaded into the
+    mirror if missing: what `convpipe predict --model s3://...` loads. FileNotFoundError names what exists."""
+    try:
+        fs, path = _fs(model_url)
+        whole = remote_versions(model_url)
+    except Exception as exc:
+        raise RootError(f"serving root {model_url}: {_reason(exc)}") from exc
+    if not whole:
+        raise FileNotFoundError(f"{model_url}: expected numeric versions holding {SAVED_MODEL_FILE} "
+                                "(TF Serving layout), found none")
+    if version is not None and version not in whole:
+        raise FileNotFoundError(f"{model_url}: version {version} not found (or not whole); versions present: {whole}")
+    mirror = serving_mirror(model_url)
+    mirror.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_version(fs, path, mirror, whole[-1] if version is None else version)
+    except Exception as exc:
+        raise RootError(f"serving root {model_url}: downloading version {version or whole[-1]} failed: "
+                        f"{_reason(exc)}") from exc
 
 
 def push_version(local_version: Path, model_url: str) -> tuple[int, str]:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Optional
 
+from pipeline.config import ConfigError
 from pipeline.console import EXIT_OK, EXIT_USAGE, load, print_json, root_of
+from pipeline.filesystem import RemoteRoot, is_url
 
 
 def _time(seconds: Optional[float]) -> Optional[str]:
@@ -18,7 +21,26 @@ def _time(seconds: Optional[float]) -> Optional[str]:
 
 def _open_store(root, metadata: Optional[str] = None):
     from pipeline.metadata import store_for
+
+    if is_url(root) and not metadata:  # its store is never inside it (pipeline/runner.py preflight)
+        raise ConfigError(f"--root {root}: a remote root's runs are in the metadata store named by --metadata "
+                          "postgresql+psycopg://user:password@host:5432/db (or pipeline.metadata)")
     return store_for(root, metadata, create=False)
+
+
+def _uri_shower(root):
+    """An artifact's place as the user names the root: `s3://bucket/prefix/<stage>/<id>/<output>` for a
+    remote root (its local working copy is only this machine's cache), else the local path."""
+    if not is_url(root):
+        return str
+    remote = RemoteRoot(str(root))
+
+    def shown(uri) -> str:
+        try:
+            return f"{remote.url}/{Path(uri).relative_to(remote.local).as_posix()}"
+        except ValueError:
+            return str(uri)
+    return shown
 
 
 def runs_summary(root, metadata: Optional[str] = None) -> list[dict]:
@@ -86,10 +108,11 @@ def run_details(root, run_id: Optional[int], metadata: Optional[str] = None) -> 
         if run_id is None:
             raise KeyError(f"no runs under {root}")
         run = store.run(run_id)
+        shown = _uri_shower(root)
 
         def artifact(name, a):
             producer = store.producer(a.id)
-            return {"name": name, "id": a.id, "type": a.type, "uri": str(a.uri), "fingerprint": a.fingerprint,
+            return {"name": name, "id": a.id, "type": a.type, "uri": shown(a.uri), "fingerprint": a.fingerprint,
                     "properties": dict(a.properties),
                     "produced_by": {"execution_id": producer.id, "stage": producer.stage, "run_id": producer.run_id}
                     if producer else None}

@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 from pipeline.console import DEFAULT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, load
 from pipeline.config import ConfigError
 from pipeline.cron import CronExpression
+from pipeline.filesystem import RemoteRoot, is_url
 
 DEFAULT_GRACE_S = 3600
 STOP_TIMEOUT_S = 120.0
@@ -48,8 +49,9 @@ log = logging.getLogger("convpipe.schedule")
 
 
 # ------------------------------------------------------------------------------ the command
-def run_arguments(args, root: Path) -> list[str]:
-    """`run` and its options, with the config and root as absolute paths (cron starts elsewhere)."""
+def run_arguments(args, root: Path | str) -> list[str]:
+    """`run` and its options, with the config and root as absolute paths (cron starts elsewhere); a
+    remote root stays its URL, and --metadata goes along when given (else the config's is used)."""
     config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     arguments = ["run"]
     if config:
@@ -57,6 +59,8 @@ def run_arguments(args, root: Path) -> list[str]:
     for assignment in args.set or []:
         arguments += ["--set", assignment]
     arguments += ["--root", str(root)]
+    if getattr(args, "metadata", None):
+        arguments += ["--metadata", args.metadata]
     if args.from_stage:
         arguments += ["--from", args.from_stage]
     if args.to_stage:
@@ -72,9 +76,17 @@ def convpipe_program() -> list[str]:
     return [sys.executable, "-m", "convpipe.cli"]
 
 
-def crontab_line(cron: CronExpression, arguments: Sequence[str], root: Path, workdir: Path) -> str:
+def logs_dir(root: Path | str) -> Path:
+    """Where the scheduler's own logs go: `<root>/logs`, or the local working copy's of a remote root
+    (each run's log is copied to the bucket by the run itself)."""
+    if is_url(root):
+        return RemoteRoot(str(root)).local / "logs"
+    return Path(root) / "logs"
+
+
+def crontab_line(cron: CronExpression, arguments: Sequence[str], root: Path | str, workdir: Path) -> str:
     """One crontab line: cd to the project, the venv's convpipe, output appended to <root>/logs/cron.log."""
-    logs = root / "logs"
+    logs = logs_dir(root)
     command = (f"cd {shlex.quote(str(workdir))} && mkdir -p {shlex.quote(str(logs))} && "
                f"{shlex.join([*convpipe_program(), *arguments])} >> {shlex.quote(str(logs / CRON_LOG))} 2>&1")
     command = command.replace("%", r"\%")     # cron turns an unescaped % into a newline
@@ -82,7 +94,7 @@ def crontab_line(cron: CronExpression, arguments: Sequence[str], root: Path, wor
             f"{cron.text} {command}")
 
 
-def systemd_units(cron: CronExpression, arguments: Sequence[str], root: Path, workdir: Path,
+def systemd_units(cron: CronExpression, arguments: Sequence[str], root: Path | str, workdir: Path,
                   name: str = "convpipe") -> str:
     """A oneshot service running one firing, and a timer starting it on the cron schedule."""
     def escape(text: str) -> str:
@@ -103,7 +115,7 @@ WorkingDirectory={escape(str(workdir))}
 ExecStart={exec_start}
 # 75: another run holds the root's lock; this firing is skipped, not failed
 SuccessExitStatus=75
-# the run's own log: {root / "logs"}/run-<id>.log; its output: journalctl -u {name}
+# the run's own log: {logs_dir(root)}/run-<id>.log; its output: journalctl -u {name}
 
 # ---- /etc/systemd/system/{name}.timer; then: systemctl daemon-reload && systemctl enable --now {name}.timer
 [Unit]
@@ -280,7 +292,8 @@ def cmd_schedule(args) -> int:
     if not args.grace >= 1:
         raise ConfigError(f"convpipe schedule: --grace: expected a number of seconds >= 1, got {args.grace:g}")
     cron = CronExpression.parse(args.cron) if args.cron is not None else None
-    root = Path(load(args).pipeline.root).resolve()      # validates the config before anything is scheduled
+    root_text = load(args).pipeline.root                 # validates the config before anything is scheduled
+    root = root_text if is_url(root_text) else Path(root_text).resolve()
     arguments = run_arguments(args, root)
     workdir = Path.cwd()
     if args.print == "crontab":
@@ -291,7 +304,7 @@ def cmd_schedule(args) -> int:
         return EXIT_OK
 
     command = [sys.executable, "-m", "convpipe.cli", *arguments]
-    logs = root / "logs"
+    logs = logs_dir(root)
     with _logging_to(logs):
         service = ScheduledRuns(command, cron.trigger() if cron else None, grace=args.grace, logs=logs)
         if args.once:

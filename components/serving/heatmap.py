@@ -9,24 +9,30 @@ The twin needs the Keras model, which a SavedModel does not keep. The served ver
 `assets.extra/convpipe.json` records the pipeline root and the export execution that wrote it; the
 metadata store there names that execution's `model` input (the train stage's Model artifact), whose
 `model.keras` is used when its fingerprint is the one the version records. So a heatmap needs the
-pipeline root the version was exported from to still be on disk; the error says which one.
+pipeline root the version was exported from to still be on disk (or on its bucket, with
+`--metadata` naming its store); the error says which one.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from components.training.model_artifact import MODEL_FILE
+from pipeline import filesystem
 
 
 class HeatmapError(ValueError):
     """The version's Keras model cannot be found, or an image cannot be mapped; says which and why."""
 
 
-def locate_keras_model(version_dir: str | Path) -> Path:
-    """The `model.keras` a served version was exported from (see the module docstring)."""
+def locate_keras_model(version_dir: str | Path, metadata: Optional[str] = None) -> Path:
+    """The `model.keras` a served version was exported from (see the module docstring).
+
+    `metadata`: the store of that root when it is not `<root>/metadata.sqlite`. A remote root
+    (`s3://...`) always needs it, and its Model artifact is fetched into the root's working copy.
+    """
     from components.serving import INFO_FILE, read_info
     from pipeline.metadata import MetadataStore
 
@@ -36,8 +42,16 @@ def locate_keras_model(version_dir: str | Path) -> Path:
     if not root or execution_id is None:
         raise HeatmapError(f"{version_dir / INFO_FILE}: expected pipeline_root and execution_id (written by the "
                            f"export stage), got {sorted(info) or 'no file'}; cannot find the version's Keras model")
+    remote = None
+    if filesystem.is_url(root):
+        if not metadata:
+            raise HeatmapError(f"{version_dir} was exported from the remote root {root}, whose metadata store is "
+                               "not in it; pass --metadata postgresql+psycopg://user:password@host:5432/db (that "
+                               "root's store) to find its Keras model")
+        remote = filesystem.RemoteRoot(root)
+    local = remote.local if remote else root
     try:
-        with MetadataStore(root, create=False) as store:
+        with MetadataStore(local, create=False, url=metadata, root_label=remote.url if remote else None) as store:
             model = store.inputs(int(execution_id)).get("model")
     except FileNotFoundError as exc:
         raise HeatmapError(f"{version_dir} was exported from pipeline root {root}, which is gone ({exc})") from None
@@ -47,6 +61,11 @@ def locate_keras_model(version_dir: str | Path) -> Path:
     if info.get("model_fingerprint") and model.fingerprint != info["model_fingerprint"]:
         raise HeatmapError(f"{root}: execution {execution_id}'s model has fingerprint {model.fingerprint}, but "
                            f"{version_dir} records {info['model_fingerprint']}")
+    if remote is not None:
+        try:
+            remote.fetch_artifacts([model])
+        except filesystem.RootError as exc:
+            raise HeatmapError(str(exc)) from None
     path = Path(model.uri) / MODEL_FILE
     if not path.is_file():
         raise HeatmapError(f"{path}: the Model artifact {version_dir} was exported from is gone")
@@ -107,8 +126,10 @@ def heatmap_png(image: np.ndarray, probabilities: np.ndarray, class_names: Seque
     return _png(figure)
 
 
-def write_heatmaps(version_dir: str | Path, paths: Sequence[Path], out_dir: str | Path) -> list[Path]:
-    """`out_dir/<stem>.png` per image file, from the served classifier's Keras model; returns the paths."""
+def write_heatmaps(version_dir: str | Path, paths: Sequence[Path], out_dir: str | Path,
+                   metadata: Optional[str] = None) -> list[Path]:
+    """`out_dir/<stem>.png` per image file, from the served classifier's Keras model; returns the paths.
+    `metadata`: the exporting root's store, when not its metadata.sqlite (see locate_keras_model)."""
     from components.training.model_artifact import load_keras_model
     from components.serving import read_info
     from models.segmentation.fcn import to_fully_convolutional
@@ -116,7 +137,7 @@ def write_heatmaps(version_dir: str | Path, paths: Sequence[Path], out_dir: str 
     info = read_info(version_dir)
     if info.get("task", "classification") != "classification":
         raise HeatmapError(f"{version_dir} serves a {info.get('task')} model; --heatmap needs a classifier")
-    classifier = load_keras_model(locate_keras_model(version_dir).parent)
+    classifier = load_keras_model(locate_keras_model(version_dir, metadata).parent)
     window = tuple(int(v) for v in classifier.inputs[0].shape[1:4])
     height, width, channels = window
     fcn = to_fully_convolutional(classifier)

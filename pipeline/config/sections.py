@@ -16,10 +16,20 @@ class PipelineSection(Strict):
     name: str = "convpipe"
     root: str = Field("artifacts", description="Directory holding artifacts, metadata.sqlite and logs.")
     tensorboard_root: Optional[str] = Field(
-        None, description="Where every run's TensorBoard logs land; default <root>/tensorboard.")
+        None, description="Where every run's TensorBoard logs land (a local directory); default <root>/tensorboard, "
+                          "which for a remote root is <root>/tensorboard on the bucket.")
     metadata: Optional[str] = Field(
         None, description="The metadata store's database URL (CLI --metadata); default sqlite:///<root>/metadata.sqlite. "
                           "postgresql+psycopg://user:password@host:5432/db shares one store between machines.")
+
+    @field_validator("tensorboard_root")
+    @classmethod
+    def _local_tensorboard_root(cls, value: Optional[str]) -> Optional[str]:
+        # TensorBoard and tf.summary in TF 2.21 write local files only (s3:// moved to tensorflow-io)
+        if value is not None and "://" in value and not value.startswith("file://"):
+            raise ValueError("a local directory, not a URL (TensorBoard writes local files; leave it unset and a "
+                             "remote --root copies the logs to <root>/tensorboard on the bucket)")
+        return value
 
 
 class DaskSection(Strict):
