@@ -263,6 +263,12 @@ def _fs(url: str):
     return fs, path.rstrip("/")
 
 
+def url_fs(url: str):
+    """(fsspec filesystem, path) of any URL, as this module opens them: short S3 timeouts, and an IO
+    thread that leaves SIGINT and SIGTERM to the main thread (training's backup mirror uses it too)."""
+    return _fs(url)
+
+
 def serving_mirror(model_url: str) -> Path:
     """Where the versions of a remote `<serving_root>/<model_name>` are mirrored on this machine."""
     return cache_root() / "serving" / hashlib.sha256(model_url.rstrip("/").encode()).hexdigest()[:16]

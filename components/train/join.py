@@ -3,10 +3,15 @@
 The chief runs `convpipe run` as usual, and a cluster manager starts `convpipe train-worker` on
 every other task, each with its TF_CONFIG: the worker waits until the chief's run reaches its
 train stage (a RUNNING train execution in the metadata store whose parameters are those of a
-trial of this config), then trains the same trial from the same Examples and the same backups
-(`<root>` must be a filesystem every worker sees), each trial of a sweep in a fresh process
-(components/training/worker.py), until the run moves past train. It writes nothing there: only
-the chief writes backups, logs and the Model artifact.
+trial of this config), then trains the same trial from the same Examples and the same backups,
+each trial of a sweep in a fresh process (components/training/worker.py), until the run moves past
+train. It writes nothing there: only the chief writes backups, logs and the Model artifact.
+
+The root is a filesystem every worker sees (the same path everywhere), or a remote root
+(`--root s3://... --metadata postgresql+psycopg://...`): then the worker finds the run in the
+shared store, streams the Examples from the bucket into its own working copy ($CONVPIPE_CACHE),
+and resumes from the backups the chief uploaded (components/training/backup_mirror.py). No disk
+is shared with the chief.
 """
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from components.train.stage import STAGE
+from components.train.stage import STAGE, backups_url
 from components.training.preemption import PREEMPTED_EXIT
 from components.training.worker import child_environment, run_spec, run_worker_process
+from pipeline.filesystem import RemoteRoot, RootError, is_url
 
 
 class _Stopped(BaseException):
@@ -53,6 +59,22 @@ def check_can_join(config) -> None:
         raise ConfigError(f"convpipe train-worker: TF_CONFIG makes this task ({task.get('type')} "
                           f"{task.get('index', 0)}) the chief; the chief runs `convpipe run`, the other tasks "
                           "run `convpipe train-worker`")
+
+
+def joined_root(config) -> tuple[Path, Optional[RemoteRoot]]:
+    """(the local root or working copy, the remote root or None); a remote root is reached now, and
+    needs a store outside it (one line naming the URL otherwise)."""
+    from pipeline.config import ConfigError
+
+    if not is_url(config.pipeline.root):
+        return Path(config.pipeline.root).resolve(), None
+    if not config.pipeline.metadata:
+        raise ConfigError(f"convpipe train-worker --root {config.pipeline.root}: a remote root's runs are in the "
+                          "chief's metadata store; pass the chief's --metadata postgresql+psycopg://... (or set "
+                          "pipeline.metadata)")
+    remote = RemoteRoot(config.pipeline.root)
+    remote.check()
+    return remote.local, remote
 
 
 def _params_key(params: dict) -> str:
@@ -87,9 +109,10 @@ def joinable_execution(store, trials: dict[str, dict], done: tuple = ()):
     return execution
 
 
-def spec_for(config, store, execution, output_dir: Path):
+def spec_for(config, store, execution, output_dir: Path, remote: Optional[RemoteRoot] = None):
     """The trial the chief's train execution is training, as this (non-chief) worker sees it;
-    `config` is that trial's config."""
+    `config` is that trial's config. On a remote root the Examples are fetched into this machine's
+    working copy first, and the backups come from the root's copy of them."""
     from pipeline import artifacts as layout
     from components.training.tensorboard import tensorboard_dir
     from components.training.trial import TrialSpec
@@ -97,25 +120,33 @@ def spec_for(config, store, execution, output_dir: Path):
     inputs = store.inputs(execution.id)
     if "examples" not in inputs:
         raise JoinError(f"train execution {execution.id} records no examples input")
+    if remote is not None:
+        try:
+            remote.fetch_artifacts([inputs["examples"]])
+        except RootError as exc:
+            raise JoinError(str(exc)) from None
+    work_dir = layout.work_dir(store.root, "train", execution.cache_key)
     name = f"run-{execution.run_id}-train-{execution.id}"  # as the chief names it (components.train.stage.run_name)
     return TrialSpec(
         config=config.to_dict(),
         examples_dir=str(inputs["examples"].uri),
-        work_dir=str(layout.work_dir(store.root, "train", execution.cache_key)),
+        work_dir=str(work_dir),
         output_dir=str(output_dir),
         tensorboard_dir=str(tensorboard_dir(store.root, config.pipeline.tensorboard_root, name)),
         name=name,
+        backups_url=backups_url(remote.url, work_dir.name) if remote is not None else None,
     )
 
 
 def wait_for_train(config, root: Path, output_dir: Path, timeout_s: float, log: logging.Logger,
-                   done: tuple = (), run_id: Optional[int] = None, poll_s: float = 1.0):
+                   done: tuple = (), run_id: Optional[int] = None, poll_s: float = 1.0,
+                   remote: Optional[RemoteRoot] = None):
     """Poll the metadata store until the chief's run is training a trial of this config (other than
     the executions in `done`): (execution, its TrialSpec).
 
     Returns None when the run ended first: run `run_id` (the one this worker joined before), else
     a run that ended while we waited (train reused from the cache, or a stage failed). Raises
-    JoinError after `timeout_s`.
+    JoinError after `timeout_s`. `remote`: the remote root whose working copy `root` is.
     """
     from pipeline import metadata as md
     from pipeline.metadata import MetadataStore
@@ -127,13 +158,14 @@ def wait_for_train(config, root: Path, output_dir: Path, timeout_s: float, log: 
     said = False
     while True:
         try:
-            with MetadataStore(root, create=False, url=config.pipeline.metadata) as store:
+            with MetadataStore(root, create=False, url=config.pipeline.metadata,
+                               root_label=remote.url if remote else None) as store:
                 execution = joinable_execution(store, trials, done)
                 if execution is not None:
                     name = next(n for n, p in trials.items() if _params_key(p) == _params_key(execution.params))
                     log.info("joining train execution %d of run %d (trial %s) under %s", execution.id,
                              execution.run_id, name, root)
-                    return execution, spec_for(configs.get(name, config), store, execution, output_dir)
+                    return execution, spec_for(configs.get(name, config), store, execution, output_dir, remote)
                 if run_id is not None and _train_is_over(store, run_id, done):
                     log.info("run %d has moved past its train stage; nothing more for this worker to do", run_id)
                     return None
@@ -146,7 +178,7 @@ def wait_for_train(config, root: Path, output_dir: Path, timeout_s: float, log: 
         except FileNotFoundError:
             pass  # no run under this root yet
         if time.time() - started > timeout_s:
-            raise JoinError(f"no run under {root} reached its train stage within {timeout_s:.0f} s; start "
+            raise JoinError(f"no run under {remote.url if remote else root} reached its train stage within {timeout_s:.0f} s; start "
                             "the chief (`convpipe run` with the same --config, --set and --root)")
         if not said:
             log.info("waiting for the chief's run under %s to reach its train stage", root)
@@ -175,6 +207,7 @@ def train_worker(config, spec_path: Optional[str], timeout_s: float, log: loggin
     if spec_path is not None:
         return run_spec(TrialSpec.from_json(Path(spec_path).read_text()), log)
     check_can_join(config)
+    root, remote = joined_root(config)
     scratch = Path(tempfile.mkdtemp(prefix="convpipe-train-worker-"))
     running: list[subprocess.Popen] = []
     terminated = []
@@ -191,8 +224,8 @@ def train_worker(config, spec_path: Optional[str], timeout_s: float, log: loggin
     run_id = None
     try:
         while not terminated:
-            joined = wait_for_train(config, Path(config.pipeline.root).resolve(), scratch / f"model-{len(done)}",
-                                    timeout_s, log, tuple(done), run_id)
+            joined = wait_for_train(config, root, scratch / f"model-{len(done)}", timeout_s, log, tuple(done),
+                                    run_id, remote=remote)
             if joined is None:
                 return 0, None
             execution, spec = joined

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 from components.training import fine_tune
+from components.training.backup_mirror import BackupMirror
+from pipeline import artifacts as layout
+from pipeline import filesystem
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
 from pipeline.sweep import parallel_trials, trial_configs
@@ -43,6 +47,14 @@ def check(config: PipelineConfig) -> None:
     fine_tune.check(config)  # model.params.backbone and train.fine_tune
 
 
+def backups_url(root: str, work_name: str) -> Optional[str]:
+    """Where a remote root keeps the backups of `<root>/train/.work/<work_name>/` (for workers on other
+    machines; components/training/backup_mirror.py); None for a local root."""
+    if not filesystem.is_url(root):
+        return None
+    return f"{root.rstrip('/')}/train/{layout.WORK_DIR}/{work_name}/backups"
+
+
 def run_name(ctx: ExecutionContext) -> str:
     return f"run-{ctx.run_id}-train-{ctx.execution_id}"
 
@@ -61,6 +73,7 @@ def executor(ctx: ExecutionContext) -> None:
         output_dir=str(ctx.outputs["model"]),
         tensorboard_dir=str(tensorboard_dir(ctx.root, config.pipeline.tensorboard_root, run_name(ctx))),
         name=run_name(ctx),
+        backups_url=backups_url(config.pipeline.root, Path(ctx.work_dir).name),
     )
     if trains_in_this_process(config.train):
         try:
@@ -73,6 +86,11 @@ def executor(ctx: ExecutionContext) -> None:
     else:
         ctx.log.info("training in a fresh process: %s", fresh_process_reason(config.train))
         result = train_in_subprocess(spec, ctx.log)
+    if spec.backups_url:  # completed: a rerun is cached, so the remote root's copy of the backups goes
+        try:
+            BackupMirror(spec.backups_url).remove_all()
+        except Exception as exc:
+            ctx.log.warning("train: could not remove %s (%s); nothing reads it any more", spec.backups_url, exc)
     ctx.properties["model"] = {
         "best_epoch": result["best_epoch"], "monitor": result["monitor"], "best_value": result["best_value"],
         "epochs_run": result["epochs_run"], "resumes": len(result["resumes"]), "strategy": result["params"]["strategy"],

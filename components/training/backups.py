@@ -6,7 +6,9 @@ a kill leaves every restart failing. Here each backup is a new `tf.train.Checkpo
 two newest are kept, and a restore that cannot read the newest falls back to the one before.
 
 Under MultiWorkerMirroredStrategy every worker must take part in a save (it is collective), but
-only the chief's copy is kept: other workers save into a private temporary directory.
+only the chief's copy is kept: other workers save into a private temporary directory. On a remote
+root the chief also uploads each backup, and every worker restores from those alone
+(components/training/backup_mirror.py), since the chief's directory is on no other machine.
 """
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ _NUMBER = re.compile(rf"^{PREFIX}-(\d+)\.index$")
 
 
 class Backups:
-    def __init__(self, directory: str | Path, checkpoint, keep: int = 2, is_chief: bool = True):
+    def __init__(self, directory: str | Path, checkpoint, keep: int = 2, is_chief: bool = True, mirror=None):
+        """`mirror`: a BackupMirror (components/training/backup_mirror.py) the chief uploads to and
+        every worker restores from; None: this directory is all there is."""
         if keep < 1:
             raise ValueError(f"keep: expected at least 1 backup generation, got {keep}")
         self.directory = Path(directory)
         self.checkpoint = checkpoint
         self.keep = keep
         self.is_chief = is_chief
+        self.mirror = mirror
         self._scratch: Optional[Path] = None
         self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -64,6 +69,9 @@ class Backups:
         checkpoint.write(str(target))
         for old in self.numbers()[:-self.keep]:
             self._delete(old)
+        if self.mirror is not None:
+            self.mirror.push(target)
+            self.mirror.drop_except(self.numbers())
         return target
 
     def _delete(self, number: int) -> None:
@@ -84,6 +92,14 @@ class Backups:
         skipped in favour of the older one; when none can be read, the last error is raised.
         """
         numbers = self.numbers()
+        if self.mirror is not None:  # what every worker can read: the generations whole on the remote root
+            whole = set(self.mirror.pull(self.directory))
+            for number in numbers:
+                if number not in whole:
+                    log.info("backup %s is not on %s (its upload did not finish); not resuming from it",
+                             self.prefix(number).name, self.mirror.url)
+                    self._delete(number)
+            numbers = self.numbers()
         last_error: Optional[Exception] = None
         for number in reversed(numbers):
             try:

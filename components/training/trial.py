@@ -16,7 +16,9 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
+from components.training.backup_mirror import BackupMirror
 from components.training.model_artifact import HISTORY_FILE, MODEL_FILE, TRIAL_FILE
 
 
@@ -29,6 +31,8 @@ class TrialSpec:
     output_dir: str
     tensorboard_dir: str
     name: str = "trial"
+    backups_url: Optional[str] = None
+    """A remote root's copy of `work_dir/backups` (multi-worker runs upload to and restore from it)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -145,7 +149,10 @@ def _train(spec: TrialSpec, config, placement, policy: str, jit: bool, log: logg
     model, loss, optimizer, best, checkpoint = build_trackables(progress.variable)
 
     work_dir = Path(spec.work_dir)
-    backups = Backups(work_dir / "backups", checkpoint, keep=2, is_chief=placement.is_chief)
+    mirror = None
+    if spec.backups_url and placement.kind == "multi_worker":  # the other machines resume from it too
+        mirror = BackupMirror(spec.backups_url)
+    backups = Backups(work_dir / "backups", checkpoint, keep=2, is_chief=placement.is_chief, mirror=mirror)
     restored = backups.restore(log)
     if restored is not None:
         progress.load()
