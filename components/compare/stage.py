@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from pipeline import filesystem
 from pipeline.config import PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
 
@@ -91,15 +92,32 @@ def task_sections(task: str, rows, histories: dict, values: dict, extras: dict) 
     return list(get_task(task).comparison_sections(trials))
 
 
-def log_to_tensorboard(rows, extras: dict, log) -> int:
+def local_logdir(config: PipelineConfig, recorded: Optional[str]) -> Optional[Path]:
+    """A trial's TensorBoard run directory on this machine: the one trial.json records, or, on a remote
+    root (whose runs copy `tensorboard/` to the bucket), that run's directory fetched from the bucket
+    into this machine's working copy, when train ran on another machine. None when there is none."""
+    if not recorded:
+        return None
+    if Path(recorded).is_dir():
+        return Path(recorded)
+    if config.pipeline.tensorboard_root or not filesystem.is_url(config.pipeline.root):
+        return None
+    target = filesystem.RemoteRoot(config.pipeline.root).get_tree(f"tensorboard/{Path(recorded).name}")
+    if not any(target.iterdir()):
+        target.rmdir()
+        return None
+    return target
+
+
+def log_to_tensorboard(rows, extras: dict, log, config: PipelineConfig) -> int:
     """Test metrics and time to target into each trial's TensorBoard run (once); returns how many runs."""
     from components.training.tensorboard import final_metrics
 
     written = 0
     for row in rows:
         extra = extras[row.name]
-        logdir = extra["trial"].get("tensorboard_dir")
-        if not logdir or not Path(logdir).is_dir():
+        logdir = local_logdir(config, extra["trial"].get("tensorboard_dir"))
+        if logdir is None:
             continue
         step = int(extra["trial"].get("epochs_run") or 0)
         test = {f"epoch_{k}": float(v) for k, v in extra["metrics"].items()
@@ -157,7 +175,7 @@ def executor(ctx: ExecutionContext) -> None:
     (out / REPORT_FILE).write_text(render_comparison(
         title, metric, target, rows, summaries, sentence, chosen, extras[chosen]["blessing"], histories, values, link,
         task_sections(config.ingest.task, rows, histories, values, extras)))
-    log_to_tensorboard(rows, extras, ctx.log)
+    log_to_tensorboard(rows, extras, ctx.log, config)
 
     ctx.chosen_trial = chosen
     ctx.properties["comparison"] = {"metric": metric, "value": chosen_value,

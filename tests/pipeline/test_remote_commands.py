@@ -43,3 +43,21 @@ def test_a_url_tensorboard_root_is_refused_in_one_line(capsys, tmp_path):
                      "pipeline.tensorboard_root=s3://convpipe/tb"]) == 2
     err = capsys.readouterr().err
     assert "pipeline.tensorboard_root: expected a local directory, not a URL" in err and "s3://convpipe/tb" in err
+
+
+def test_compare_finds_a_trials_tensorboard_run_on_the_bucket_when_train_ran_elsewhere(s3_server, remote_cache,
+                                                                                     make_config):
+    from components.compare.stage import local_logdir
+    from pipeline.filesystem import RemoteRoot
+
+    s3_server.make_bucket("convpipe")
+    remote = RemoteRoot(ROOT)
+    remote.fs.pipe_file(f"{remote.path}/tensorboard/run-1-train-2/train/events.out.tfevents.1", b"scalars")
+    config = make_config(f"pipeline.root={ROOT}")
+    recorded = "/home/chief/.cache/convpipe/0123456789abcdef/tensorboard/run-1-train-2"  # the chief's own copy
+    logdir = local_logdir(config, recorded)
+    assert logdir == remote.local / "tensorboard" / "run-1-train-2"
+    assert (logdir / "train" / "events.out.tfevents.1").read_bytes() == b"scalars"
+    assert local_logdir(config, "/elsewhere/tensorboard/run-9-train-9") is None  # on no bucket either
+    assert not (remote.local / "tensorboard" / "run-9-train-9").exists()
+    assert local_logdir(make_config(), recorded) is None  # a local root: only the recorded directory counts
