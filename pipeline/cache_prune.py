@@ -31,7 +31,7 @@ from typing import Optional
 from pipeline import artifacts as layout
 from pipeline import metadata as md
 from pipeline.config import ConfigError
-from pipeline.filesystem import MARKER, RemoteRoot, is_url
+from pipeline.filesystem import MARKER, RemoteRoot, RootError, is_url
 from pipeline.lock import run_lock
 
 _EXECUTION = re.compile(r"^\d+$")
@@ -228,7 +228,14 @@ def prune(url: str, metadata: Optional[str], keep_runs: Optional[int] = None, ma
         raise ConfigError(f"--root {url}: a remote root's store is outside it; pass --metadata "
                           "postgresql+psycopg://user:password@host:5432/db (or set pipeline.metadata)")
     remote = RemoteRoot(url)
-    remote.check()
+    try:  # read-only (RemoteRoot.check writes a probe object): pruning never writes to the bucket
+        remote.fs.ls(remote.path, detail=False, refresh=True)
+    except FileNotFoundError:
+        pass  # an empty prefix: then nothing local is on the bucket, and only garbage can go
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise RootError(f"artifact root {remote.url}: cannot list it ({type(exc).__name__}: {first}); "
+                        "nothing was pruned") from None
     with run_lock(remote.local, metadata, remote.url, wait=wait):
         plan = plan_prune(url, metadata, keep_runs, max_bytes)
         if not dry_run:

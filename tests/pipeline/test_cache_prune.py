@@ -128,3 +128,15 @@ def test_parse_bytes():
         [123, 1024, 2 * 1024 ** 2, int(1.5 * 1024 ** 3), 2 * 1024 ** 3, 1024 ** 4]
     with pytest.raises(ConfigError, match="--max-bytes ten"):
         parse_bytes("ten")
+
+
+def test_an_unreachable_bucket_is_one_line_and_nothing_is_pruned(two_runs, s3_server, postgres_url):
+    from pipeline.filesystem import RootError
+    import s3fs
+
+    s3_server.kill()
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(RootError) as caught:
+        prune(ROOT, postgres_url, keep_runs=0)
+    assert str(caught.value).startswith(f"artifact root {ROOT}: cannot list it") and "\n" not in str(caught.value)
+    assert (two_runs / "c" / "3").is_dir() and (two_runs / "a" / "1").is_dir()
