@@ -46,7 +46,7 @@ setup(
     ],
     extras_require={
         # pycocotools: the mAP reference; moto[server] and pgserver: the S3 and Postgres servers the tests start
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "pycocotools>=2.0.7", "moto[server]>=5.0,<6", "pgserver>=0.1.4",
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pycocotools>=2.0.7", "moto[server]>=5.2.6,<6", "pgserver>=0.1.4",
                  "boto3>=1.34"],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
