@@ -20,7 +20,9 @@ setup(
         "tensorflow-datasets>=4.9.10,<5",
         "importlib_resources>=6",  # TFDS builders need it (etils.epath) and do not always pull it in
         "tensorflow-metadata>=1.21,<2",
-        "apache-beam>=2.77,<2.78",
+        # [aws]: Beam's own S3 filesystem (boto3), through which ingest's and augment's workers write an s3:// root;
+        # pip picks the boto3 whose botocore fits aiobotocore's pin (s3fs): boto3 1.43.117 beside aiobotocore 3.10.0
+        "apache-beam[aws]>=2.77,<2.78",
         # beam.runner=dask: Beam's DaskRunner (apache-beam[dask] asks for >=2024.4.2); 2026.8 is the release tested here
         "dask[bag]>=2026.8.0,<2026.9",
         "distributed>=2026.8.0,<2026.9",

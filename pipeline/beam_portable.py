@@ -19,7 +19,8 @@ them depends on how the runner bundles or orders the work, writes the same bytes
 - `Keep`: one tag of such a stream;
 - `CombineInOrder`: a CombineFn over all elements, added in the order of a key carried with
   each, so floating-point sums come out bit for bit the same on every runner;
-- `WriteTextFiles`: text files of lines, in a given order, every named file written (empty too);
+- `WriteTextFiles`: text files of lines, in a given order, every named file written (empty too),
+  at local paths or URLs (pipeline/beam_files.py);
 - `Join`: one small PCollection downstream of all the stage's writes, applied last.
 Group keys are integers: a str key's `hash` differs between worker processes unless they share
 PYTHONHASHSEED, and dask.bag groups by `hash`.
@@ -31,8 +32,8 @@ import traceback
 from typing import Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+
+from pipeline import beam_files
 
 OK, BAD = "ok", "bad"
 
@@ -149,11 +150,7 @@ def _write_text(key_and_lines, paths: Sequence[str]) -> str:
     key, rows = key_and_lines
     path = paths[key]
     lines = [line for _, line in sorted((row for row in rows if row is not None), key=lambda row: row[0])]
-    temporary = path + ".writing"
-    with FileSystems.create(temporary, mime_type="text/plain", compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for line in lines:
-            f.write(line.encode("utf-8") + b"\n")
-    FileSystems.rename([temporary], [path])
+    beam_files.write_bytes(path, b"".join(line.encode("utf-8") + b"\n" for line in lines), mime_type="text/plain")
     return path
 
 
@@ -161,8 +158,9 @@ class WriteTextFiles(beam.PTransform):
     """PCollection of (path, order, line) -> each of `paths` written with its lines sorted by `order`.
 
     Each line ends with a newline, as `WriteToText` writes it; a file with no lines is written
-    empty. The file appears under its name only when complete (written as `<path>.writing`, then
-    renamed). Yields the paths written.
+    empty. The file appears under its name only when complete (a local one is written as
+    `<path>.writing`, then renamed; a URL, s3:// say, is one object written by the worker itself:
+    pipeline/beam_files.py). Yields the paths written.
     """
 
     def __init__(self, paths: Iterable[str]):

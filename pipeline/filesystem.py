@@ -14,10 +14,18 @@ moves whole execution directories between the two:
               copy (or whose local marker differs from the remote one) is downloaded into a
               temporary sibling and renamed into place: another machine's outputs stream in once
               and are reused from the local copy after that.
+    receive   a stage that writes URLs itself (ingest and augment: their Beam workers write the
+              shards and text files straight under `<url>/<stage>/<execution_id>/<output>/`,
+              pipeline/beam_files.py) gets no fetch and no upload: when it returns, its outputs
+              are downloaded once into the local copy, fingerprinted there (the fingerprint is a
+              hash over every file's bytes, pipeline/artifacts.py, so it needs them), and then
+              only the marker is written. That download is also the local copy that validate and
+              train read on this machine, so no shard crosses the network twice.
 
 Credentials and the endpoint come from the usual AWS variables and files (AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ~/.aws/config), through s3fs and botocore; never from
-pipeline_config.json. `check()` reaches the bucket before any work and turns a bad bucket, a wrong
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ~/.aws/config), through s3fs and botocore here and
+through boto3 in Beam's S3 filesystem; never from pipeline_config.json (`beam_s3_flags` finds the
+`--s3_*` Beam options that would carry them there, which the runner refuses). `check()` reaches the bucket before any work and turns a bad bucket, a wrong
 endpoint or missing credentials into one line that names the URL.
 """
 from __future__ import annotations
@@ -37,6 +45,16 @@ log = logging.getLogger("convpipe.filesystem")
 
 class RootError(RuntimeError):
     """A remote root cannot be used; one line naming its URL and why."""
+
+
+AWS_ENVIRONMENT = "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_PROFILE, ~/.aws/"
+"""Where the S3 endpoint and credentials come from, for s3fs and Beam's S3 filesystem alike."""
+
+
+def beam_s3_flags(args) -> list[str]:
+    """The `--s3_*` flags among Beam options (S3Options: endpoint, keys, region, ...): settings that
+    belong in the AWS environment, not in the config that the lineage store records."""
+    return [str(arg).split("=", 1)[0] for arg in args if str(arg).startswith("--s3_")]
 
 
 def is_url(text: str | os.PathLike | None) -> bool:
@@ -126,6 +144,14 @@ class RemoteRoot:
     def remote(self, rel: str) -> str:
         return f"{self.path}/{rel}" if rel else self.path
 
+    def url_of(self, rel: str) -> str:
+        """The full URL of `rel` (`s3://bucket/prefix/<rel>`), as Beam's filesystems open it."""
+        return f"{self.url}/{rel}" if rel else self.url
+
+    def artifact_url(self, artifact) -> str:
+        """The URL of an artifact on the root (`<url>/<stage>/<execution_id>/<output>`)."""
+        return self.url_of(Path(artifact.uri).relative_to(self.local).as_posix())
+
     def check(self) -> None:
         """Reach the root now (list it, write and remove a probe object): every problem is one line naming the URL."""
         probe = self.remote(f".convpipe-probe-{uuid.uuid4().hex[:8]}")
@@ -139,10 +165,11 @@ class RemoteRoot:
         self.local.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------------- publishing
-    def publish(self, local_dir: Path, rel: str, fingerprints: dict[str, str]) -> None:
-        """Upload one execution directory, then write its marker: the last object, which readers require."""
+    def publish(self, local_dir: Path, rel: str, fingerprints: dict[str, str], uploaded: bool = False) -> None:
+        """Upload one execution directory, then write its marker: the last object, which readers require.
+        `uploaded`: its files are on the root already (written there by the stage, see `receive`): only the marker."""
         marker = json.dumps({"fingerprints": fingerprints}, sort_keys=True)
-        files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+        files = [] if uploaded else sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
         try:
             for file in files:
                 self.fs.put_file(str(file), self.remote(f"{rel}/{file.relative_to(local_dir).as_posix()}"))
@@ -151,6 +178,27 @@ class RemoteRoot:
             raise RootError(f"artifact root {self.url}: publishing {rel} failed: {_reason(exc)}") from exc
         (Path(local_dir) / MARKER).write_text(marker)
         self._complete[rel] = marker
+
+    def receive(self, rel: str, local_dir: Path) -> int:
+        """Download what a stage wrote under `rel` on the root into the empty `local_dir`; returns the bytes.
+
+        Every object under the prefix, as it is: the stage's workers wrote them there directly, and
+        the fingerprint taken of this copy must be the one of the files on the root."""
+        local_dir = Path(local_dir)
+        prefix = self.remote(rel)
+        try:
+            self.fs.invalidate_cache(prefix)  # the objects were written by boto3, behind s3fs's listing cache
+            listing = self.fs.find(prefix, detail=True)
+            remote_files = sorted(listing)
+            targets = [str(local_dir / name[len(prefix) + 1:]) for name in remote_files]
+            for target in targets:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+            if remote_files:
+                self.fs.get(remote_files, targets)
+        except Exception as exc:
+            raise RootError(f"artifact root {self.url}: downloading {rel}, written by the stage, failed: "
+                            f"{_reason(exc)}") from exc
+        return sum(int(listing[name].get("size") or 0) for name in remote_files)
 
     def put_tree(self, local_dir: Path, rel: str) -> None:
         """Copy a directory whose readers need no marker (TensorBoard logs, run logs): files overwrite."""
@@ -213,6 +261,7 @@ class RemoteRoot:
         """Delete a remote execution directory (a failed or abandoned one); a missing one is fine."""
         self._complete.pop(rel, None)
         try:
+            self.fs.invalidate_cache(self.remote(rel))  # a stage's workers may have written there (boto3)
             if self.fs.exists(self.remote(rel)):
                 self.fs.rm(self.remote(rel), recursive=True)
         except FileNotFoundError:

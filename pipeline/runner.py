@@ -51,7 +51,7 @@ from pipeline.sweep import DEFAULT_NAME
 from pipeline.cache import cache_key, canonical_json, explain
 from pipeline.codeversion import stage_code_version
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.filesystem import RemoteRoot, is_url, root_label
+from pipeline.filesystem import AWS_ENVIRONMENT, RemoteRoot, beam_s3_flags, is_url, root_label
 from pipeline.lock import run_lock
 from pipeline.metadata import MetadataStore, NewArtifact
 from pipeline.stage import Artifact, ExecutionContext, Stage, StageError, Trials
@@ -165,6 +165,11 @@ class Runner:
         (The database itself is reached when the lock or the store first connects, before any stage.)"""
         if self._preflighted:
             return
+        flags = beam_s3_flags(self.config.beam.args)
+        if flags:
+            raise ConfigError(f"beam.args: {', '.join(flags)}: the S3 endpoint and credentials of Beam's filesystem "
+                              f"come from the AWS environment ({AWS_ENVIRONMENT}), as for the rest of the root; "
+                              f"expected no --s3_* option in the config, which the lineage store records")
         if self.remote is not None:
             if not self.metadata_url:
                 raise ConfigError(f"--root {self.remote.url}: a remote root needs a metadata store outside it; pass "
@@ -526,7 +531,14 @@ class Runner:
             outputs={name: tmp / name for name in stage.outputs}, work_dir=layout.work_dir(self.root, stage.name, key),
             root=self.root, run_id=run_id, execution_id=execution_id, log=logging.getLogger(f"convpipe.{stage.name}"),
             trial=job.trial, trials={name: dict(t.artifacts) for name, t in job.gathered.items()})
+        if self._writes_urls(stage):  # its workers read and write the root themselves (pipeline/beam_files.py)
+            ctx.input_urls = {name: self.remote.artifact_url(a) for name, a in job.inputs.items()}
+            ctx.output_urls = {name: self.remote.url_of(f"{stage.name}/{execution_id}/{name}") for name in stage.outputs}
         return _Pending(job, execution_id, reason, ctx, started)
+
+    def _writes_urls(self, stage: Stage) -> bool:
+        """A stage that reads and writes the remote root itself: no fetch before it, no upload after it."""
+        return self.remote is not None and stage.writes_urls
 
     def _run_in_children(self, store: MetadataStore, run_id: int, stage: Stage, jobs: list["_Job"], width: int,
                          force: bool) -> list["_Result"]:
@@ -548,7 +560,7 @@ class Runner:
 
         def launch(slot: int):
             item = pending[slot] = self._begin(store, run_id, stage, ready[order[slot]])
-            self._prepare(item.ctx)
+            self._prepare(stage, item.ctx)
             return stage, item.ctx
 
         def finished(slot: int, child: parallel.ChildResult) -> None:
@@ -573,8 +585,8 @@ class Runner:
             raise
         return [results[i] for i in range(len(jobs))]
 
-    def _prepare(self, ctx: ExecutionContext) -> None:
-        if self.remote:  # every input of a remote root in the local copy (once: later stages reuse it)
+    def _prepare(self, stage: Stage, ctx: ExecutionContext) -> None:
+        if self.remote and not self._writes_urls(stage):  # every input in the local copy (once: later stages reuse it)
             self.remote.fetch_artifacts([*ctx.inputs.values(), *(a for trials in ctx.trials.values() for a in trials.values())])
         for path in ctx.outputs.values():
             path.mkdir(parents=True)
@@ -583,7 +595,7 @@ class Runner:
     def _execute(self, store: MetadataStore, stage: Stage, item: "_Pending") -> "_Result":
         ctx = item.ctx
         try:
-            self._prepare(ctx)
+            self._prepare(stage, ctx)
             stage.executor(ctx)
             return self._finish(store, stage, item)
         except BaseException as exc:
@@ -609,6 +621,9 @@ class Runner:
             if ctx.chosen_trial not in names:
                 raise StageError(f"{stage.name} chose trial {ctx.chosen_trial!r}; expected one of the trials it "
                                  f"gathered: {', '.join(names)}")
+        written_there = self._writes_urls(stage)
+        if written_there:  # one download into the local copy: the fingerprint needs the bytes, and train reads them
+            self._receive(stage, item)
         new = {}
         for name, type_ in stage.outputs.items():
             if not ctx.outputs[name].is_dir():
@@ -620,12 +635,24 @@ class Runner:
         layout.publish(tmp, final)
         if self.remote is not None:  # uploaded, then its marker: visible to readers only when whole
             self.remote.publish(final, f"{stage.name}/{item.execution_id}",
-                                {name: artifact.fingerprint for name, artifact in new.items()})
+                                {name: artifact.fingerprint for name, artifact in new.items()}, uploaded=written_there)
         outputs = store.complete_execution(item.execution_id, new)
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
         seconds = time.monotonic() - item.started
         log.info("%s: COMPLETE in %.1f s", stage.name + (f" [{ctx.trial}]" if ctx.trial else ""), seconds)
         return _Result(ctx.trial, md.COMPLETE, item.execution_id, item.reason, seconds, outputs=outputs)
+
+    def _receive(self, stage: Stage, item: "_Pending") -> None:
+        """Download the outputs a `writes_urls` stage wrote on the root into its (empty) local output directories."""
+        started, total = time.monotonic(), 0
+        for name, local in item.ctx.outputs.items():
+            stray = next((p for p in local.rglob("*") if p.is_file()), None) if local.is_dir() else None
+            if stray is not None:
+                raise StageError(f"{stage.name} writes its outputs at their URLs on {self.remote.url}, but it wrote "
+                                 f"{stray} into its local output directory; expected nothing there")
+            total += self.remote.receive(f"{stage.name}/{item.execution_id}/{name}", local)
+        log.info("%s: %.1f MiB written by the Beam workers on %s, downloaded in %.1f s to fingerprint them",
+                 stage.name, total / 2 ** 20, self.remote.url, time.monotonic() - started)
 
     def _fail(self, store: MetadataStore, stage: Stage, item: "_Pending", error: str,
               details: Optional[str]) -> "_Result":

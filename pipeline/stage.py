@@ -10,6 +10,13 @@ its own execution with the trial's config; its outputs reach later stages as `Tr
 `per_trial` stage runs once per trial too; a stage that `gathers` an input gets every trial in
 `ctx.trials` and may choose one (`ctx.chosen_trial`); every later stage then gets that trial's
 artifact in `ctx.inputs`, as if there had been one trial all along.
+
+Remote roots (pipeline/filesystem.py): a stage works in the root's local working copy, and the
+runner uploads its outputs when it returns; but a stage declared `writes_urls` (ingest, augment:
+Beam jobs whose workers may run on other machines) is given the artifacts' URLs instead
+(`ctx.input_urls`, `ctx.output_urls`) and reads and writes them itself through Beam's
+filesystems; its executor asks `ctx.input_location(name)` / `ctx.output_location(name)`, which
+are the local paths on a local root.
 """
 from __future__ import annotations
 
@@ -63,6 +70,20 @@ class ExecutionContext:
     """For each input the stage `gathers`: trial name -> artifact, in trial order."""
     chosen_trial: Optional[str] = None
     """A gathering executor sets this to one of the trial names; later stages then get that trial."""
+    input_urls: dict[str, str] = field(default_factory=dict)
+    """A `writes_urls` stage on a remote root: each input artifact's URL on the root (not fetched into
+    the local copy). Empty otherwise."""
+    output_urls: dict[str, str] = field(default_factory=dict)
+    """A `writes_urls` stage on a remote root: where to write each output, under the execution's
+    prefix on the root (its local `outputs` directory stays empty). Empty otherwise."""
+
+    def input_location(self, name: str) -> str:
+        """Where to read input `name`: its URL on a remote root (`writes_urls` stages), else its local path."""
+        return self.input_urls.get(name) or str(self.inputs[name].uri)
+
+    def output_location(self, name: str) -> str:
+        """Where to write output `name`: its URL on a remote root (`writes_urls` stages), else its local path."""
+        return self.output_urls.get(name) or str(self.outputs[name])
 
 
 @dataclass(frozen=True)
@@ -91,3 +112,8 @@ class Stage:
     """Run once per trial of an input that holds trials, unless an earlier stage chose one."""
     gathers: tuple[str, ...] = ()
     """Inputs that receive every trial (`ctx.trials`) instead of one artifact."""
+    writes_urls: bool = False
+    """The executor reads its inputs and writes its outputs at `ctx.input_location` /
+    `ctx.output_location` through Beam's filesystems, from whichever worker: on a remote root it gets
+    URLs, nothing is fetched for it, and its outputs are not uploaded again (the runner downloads
+    them once into the local copy to fingerprint them, then writes the marker)."""

@@ -11,21 +11,26 @@ The pixel work is components/augment/augmentations.py; this file is only the pip
 from the transforms every runner here runs alike, DaskRunner included (pipeline/beam_portable.py):
 train shards are read as one work item each (`ReadShards`), the count is a GroupByKey sum, and
 schema.json is written by `WriteTextFiles`.
+
+Where: `ctx.input_location` / `ctx.output_location`, local directories or, on a remote root, the
+executions' URLs. The workers then read ingest's shards from the object store and write the new
+ones there themselves (pipeline/beam_files.py); eval, test and the text files are copied on the
+store, server-side.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from components.augment.augmentations import augment_record, copy_id, copy_seed
+from components.examples.locations import join, read_schema, shard_paths
 from components.examples.ordered_shards import ReadShards, WriteOrderedShards
 from components.examples import (
-    DEAD_LETTER_FILE, IMAGE_FORMAT, SCHEMA_FILE, SPLITS, STATS_FILE, decode_example, encode_example,
-    read_schema, shard_files, shard_pattern)
+    DEAD_LETTER_FILE, IMAGE_FORMAT, SCHEMA_FILE, SHARD_SUFFIX, SPLITS, STATS_FILE, decode_example, encode_example)
 from pipeline import beam as beam_runs
+from pipeline import beam_files
 from pipeline.beam_portable import Join, WriteTextFiles
 from pipeline.stage import ExecutionContext
 
@@ -79,19 +84,19 @@ def augmented_schema(schema: dict, train_count: int, cfg) -> str:
 # ------------------------------------------------------------------------------------------------
 # the executor
 # ------------------------------------------------------------------------------------------------
-def _copy_files(sources: list[str], destinations: list[str]) -> None:
-    if sources:
-        FileSystems.copy(sources, destinations)
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def run_augment(ctx: ExecutionContext) -> None:
     cfg = ctx.config.augment
-    source = Path(ctx.inputs["examples"].uri)
-    target = Path(ctx.outputs["examples"])
+    source = ctx.input_location("examples")
+    target = ctx.output_location("examples")
     schema = read_schema(source)
-    train_shards = shard_files(source, "train")
+    train_shards = shard_paths(source, "train")
     if not train_shards:
-        raise FileNotFoundError(f"{source}: no train shards to augment (expected {shard_pattern(source, 'train')})")
+        raise FileNotFoundError(f"{source}: no train shards to augment (expected "
+                                f"{join(source, 'train', 'data-*' + SHARD_SUFFIX)})")
 
     pipeline = beam_runs.make_pipeline(ctx.config, job_name=f"augment-{ctx.execution_id}",
                                        parallelism=len(train_shards))
@@ -100,8 +105,8 @@ def run_augment(ctx: ExecutionContext) -> None:
         | "Read train" >> ReadShards(train_shards)
         | "Add copies" >> beam.FlatMap(with_copies, cfg=cfg)
     )
-    shards = train | "Write train" >> WriteOrderedShards(str(target / "train" / "data"), len(train_shards))
-    schema_file = str(target / SCHEMA_FILE)
+    shards = train | "Write train" >> WriteOrderedShards(join(target, "train", "data"), len(train_shards))
+    schema_file = join(target, SCHEMA_FILE)
     once = pipeline | "Once" >> beam.Create([(0, None)], reshuffle=False)
     schemas = (
         ((train | "One each" >> beam.Map(lambda _: (0, 1)), once) | "With once" >> beam.Flatten())
@@ -116,12 +121,12 @@ def run_augment(ctx: ExecutionContext) -> None:
     for split in SPLITS:
         if split == "train":
             continue
-        shards = shard_files(source, split)
-        if shards:
-            FileSystems.mkdirs(str(target / split))
-            _copy_files(shards, [str(target / split / Path(s).name) for s in shards])
-    extras = [name for name in (STATS_FILE, DEAD_LETTER_FILE) if (source / name).exists()]
-    _copy_files([str(source / n) for n in extras], [str(target / n) for n in extras])
+        shards = shard_paths(source, split)
+        if shards and not beam_files.is_url(target):
+            os.makedirs(join(target, split), exist_ok=True)
+        beam_files.copy(shards, [join(target, split, _name(s)) for s in shards])
+    extras = [name for name in (STATS_FILE, DEAD_LETTER_FILE) if beam_files.exists(join(source, name))]
+    beam_files.copy([join(source, n) for n in extras], [join(target, n) for n in extras])
 
     counts = read_schema(target)["split_counts"]
     ctx.properties["examples"] = {"split_counts": counts, "copies": cfg.copies}

@@ -36,4 +36,5 @@ STAGE = Stage(
     check=check,
     enabled=lambda config: config.augment.enabled and config.augment.copies > 0,
     module=__name__,
+    writes_urls=True,  # its Beam workers write a remote root themselves (beam_job.py)
 )

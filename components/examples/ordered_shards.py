@@ -16,18 +16,26 @@ for more shards, rather than a worker dying of memory.
 Reading them back (`ReadShards`) and writing them use only Create, Map/FlatMap, GroupByKey and
 Flatten, the part of Beam that every runner here translates the same way, DaskRunner included
 (pipeline/beam_portable.py).
+
+A prefix may be a local path or a URL (`s3://bucket/root/ingest/7/examples/train/data`): the
+worker that writes a shard writes it there itself, and `ReadShards` reads through Beam's
+filesystems (pipeline/beam_files.py). TensorFlow 2.21 cannot open s3://, so for a URL the shard is
+written by the same TFRecordWriter into a scratch file on the worker and streamed to the object:
+the bytes, and so the Examples fingerprint, are the same on a local root and on a remote one.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil  # the record framing and CRC checks (Beam 2.77 is pinned)
 
 from components.examples import SHARD_SUFFIX
+from pipeline import beam_files
 
 
 MAX_SHARD_BYTES = 1 << 30
@@ -55,8 +63,6 @@ def _keyed(group_and_serialized, num_shards: int):
 
 def write_shard(key_and_records, prefixes: Sequence[str], num_shards: int) -> str:
     """One shard's records, in digest order, into its file (the sentinel `None` only makes the shard exist)."""
-    import tensorflow as tf
-
     key, keyed = key_and_records
     group, shard = divmod(key, num_shards)
     path = shard_path(prefixes[group], shard, num_shards)
@@ -71,11 +77,25 @@ def write_shard(key_and_records, prefixes: Sequence[str], num_shards: int) -> st
                                 f"(now {num_shards} per split)")
         records.append(pair)
     records.sort()
+    if beam_files.is_url(path):
+        with tempfile.TemporaryDirectory(prefix="convpipe-shard-") as scratch:
+            local = os.path.join(scratch, path.rsplit("/", 1)[-1])
+            _write_tfrecords(local, records)
+            beam_files.upload_file(local, path)
+        return path
+    import tensorflow as tf
+
     tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+    _write_tfrecords(path, records)
+    return path
+
+
+def _write_tfrecords(path: str, records) -> None:
+    import tensorflow as tf
+
     with tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
         for _, serialized in records:
             writer.write(serialized)
-    return path
 
 
 class WriteGroupedShards(beam.PTransform):
@@ -126,13 +146,13 @@ class WriteOrderedShards(beam.PTransform):
 
 
 def _read_shard(path: str):
-    with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as handle:
+    with beam_files.open_read(path, CompressionTypes.GZIP) as handle:
         while (record := _TFRecordUtil.read_record(handle)) is not None:
             yield record
 
 
 class ReadShards(beam.PTransform):
-    """Gzip TFRecord shard paths -> their records, one shard per work item, through Beam's filesystems.
+    """Gzip TFRecord shard paths (local or URLs) -> their records, one shard per work item, through Beam's filesystems.
 
     Instead of `ReadFromTFRecord`, whose `Read` the DaskRunner turns into a no-op. Records come in
     file order; the writers above sort them again, so nothing downstream depends on it.

@@ -15,13 +15,16 @@ Dataflow all run the same way, and nothing it writes depends on how a runner bun
 the work: every record carries its place in the source (item number, record number), and the
 statistics and the dead letters are gathered in that order. So the same config writes the same
 bytes on every runner and with any number of workers.
+
+Where it writes: `ctx.output_location("examples")`, a local directory or, on a remote root, the
+execution's URL (`s3://bucket/prefix/ingest/<id>/examples`); every file is written by the worker
+that makes it, through Beam's filesystems (pipeline/beam_files.py), and read back from there.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
-from pathlib import Path
 from typing import Optional
 
 import apache_beam as beam
@@ -29,6 +32,7 @@ import apache_beam as beam
 from components import examples as ex
 from components.ingest import stats as stats_lib
 from components.ingest.records import RecordRules, prepare_in_order
+from components.examples import locations
 from components.examples.ordered_shards import WriteGroupedShards
 from components.sources import make_reader
 from pipeline import beam as beam_lib
@@ -130,13 +134,13 @@ def _bad_record(bad, path: str) -> tuple:
     return path, place, _dead_letter_line(record, error, "check")
 
 
-def build(pipeline: beam.Pipeline, reader, items: list, rules: RecordRules, out: Path, *, num_shards: int,
+def build(pipeline: beam.Pipeline, reader, items: list, rules: RecordRules, out: str, *, num_shards: int,
           static_schema: dict, mask_class_names: list[str], log: logging.Logger,
           live_total: Optional[int] = None) -> None:
-    """Add the ingest transforms to `pipeline`, writing the Examples layout under `out`."""
+    """Add the ingest transforms to `pipeline`, writing the Examples layout under `out` (a path or a URL)."""
     class_names = static_schema["class_names"]
-    dead_letter, stats_file, schema_file = (str(out / name) for name in (ex.DEAD_LETTER_FILE, ex.STATS_FILE,
-                                                                         ex.SCHEMA_FILE))
+    dead_letter, stats_file, schema_file = (locations.join(out, name) for name in (ex.DEAD_LETTER_FILE,
+                                                                                   ex.STATS_FILE, ex.SCHEMA_FILE))
     read = (pipeline
             | "ListItems" >> beam.Create(list(enumerate(items)), reshuffle=False)
             | "Spread" >> beam.Reshuffle()
@@ -151,7 +155,8 @@ def build(pipeline: beam.Pipeline, reader, items: list, rules: RecordRules, out:
 
     shards = (good
               | "BySplit" >> beam.Map(lambda row: (ex.SPLITS.index(row[1][0]), row[1][1]))
-              | "WriteShards" >> WriteGroupedShards([str(out / split / "data") for split in ex.SPLITS], num_shards))
+              | "WriteShards" >> WriteGroupedShards([locations.join(out, split, "data") for split in ex.SPLITS],
+                                                    num_shards))
 
     stats = (good
              | "Summaries" >> beam.Map(lambda row: (row[0], row[1][2]))
@@ -188,9 +193,9 @@ def _counter(result, name: str) -> Optional[int]:
         return None
 
 
-def _fail_if_too_bad(out: Path, ingest, log: logging.Logger) -> dict:
-    stats = json.loads((out / ex.STATS_FILE).read_text())
-    lines = (out / ex.DEAD_LETTER_FILE).read_text().splitlines()
+def _fail_if_too_bad(out: str, ingest, log: logging.Logger) -> dict:
+    stats = json.loads(locations.read_text(out, ex.STATS_FILE))
+    lines = locations.read_text(out, ex.DEAD_LETTER_FILE).splitlines()
     bad = [json.loads(line) for line in lines if line.strip()]
     good = stats["total"]["num_examples"]
     total = good + len(bad)
@@ -213,7 +218,7 @@ def _fail_if_too_bad(out: Path, ingest, log: logging.Logger) -> dict:
 
 def run_ingest(ctx: ExecutionContext) -> None:
     ingest = ctx.config.ingest
-    out = Path(ctx.outputs["examples"])
+    out = ctx.output_location("examples")
     reader = make_reader(ingest.source, ingest)
     class_names = list(reader.class_names())
     extras = dict(reader.schema_extras())
@@ -247,9 +252,9 @@ def run_ingest(ctx: ExecutionContext) -> None:
         ctx.log.info("ingest: %d records read from %d items", read, len(items))
 
     summary = _fail_if_too_bad(out, ingest, ctx.log)
-    schema = ex.read_schema(out)
+    schema = locations.read_schema(out)
     for split in ex.SPLITS:
         ctx.log.info("ingest: %s: %d records in %d shards", split, schema["split_counts"][split],
-                     len(ex.shard_files(out, split)))
+                     len(locations.shard_paths(out, split)))
     ctx.properties["examples"] = {**summary, "split_counts": schema["split_counts"], "task": ingest.task,
                                   "class_names": class_names}

@@ -47,4 +47,5 @@ STAGE = Stage(
     check=_check,
     external_fingerprint=_fingerprint,
     module=__name__,
+    writes_urls=True,  # its Beam workers write a remote root themselves (beam_job.py)
 )
