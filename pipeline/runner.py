@@ -9,6 +9,11 @@ CACHED execution pointing at the same artifacts) or runs the executor:
     3. fingerprint the outputs, rename .tmp-<id> -> <root>/<stage>/<id>/
     4. record the artifacts and mark the execution COMPLETE      (one transaction)
 
+On a remote root (pipeline/filesystem.py) 3 also uploads the execution and then writes its
+`_COMPLETE.json` marker last; a `writes_urls` stage (ingest, augment) instead writes the root from
+its Beam workers (ctx.output_urls), and 3 downloads its outputs once into the working copy to
+fingerprint them, then writes only the marker.
+
 A SIGKILL before 4 leaves an execution RUNNING, which the next run (holding the lock, so the only
 writer) marks ABANDONED, removing its directories; nothing but a COMPLETE execution is ever reused.
 A failed executor is recorded FAILED with its error and stops the run; the next run reuses every

@@ -114,3 +114,17 @@ def test_tensorboard_logs_reach_the_bucket_and_come_back_on_another_machine(s3_s
     config.pipeline.root = ROOT
     logs = tensorboard_dir(config)
     assert (logs / "run-1" / "events.out").read_bytes() == b"scalars" and str(tmp_path / "other-machine") in str(logs)
+
+
+def test_s3_settings_for_beam_in_the_config_are_refused_before_any_work(make_config, remote_cache, tmp_path):
+    """Beam's S3 filesystem takes its endpoint and keys from the AWS environment, as s3fs does; a
+    `--s3_*` flag in beam.args would put them in pipeline_config.json and in the recorded run."""
+    from pipeline.config import ConfigError
+    config = make_config(f"pipeline.metadata=sqlite:///{tmp_path / 'lineage.sqlite'}",
+                         'beam.args=["--s3_endpoint_url=http://10.0.0.1:9000", "--s3_secret_access_key=hunter2"]')
+    with pytest.raises(ConfigError) as raised:
+        Runner(config, fake.STAGES, ROOT).run()
+    message = str(raised.value)
+    assert message.startswith("beam.args: --s3_endpoint_url, --s3_secret_access_key: ") and "AWS_ENDPOINT_URL" in message
+    assert "hunter2" not in message and "10.0.0.1" not in message
+    assert fake.CALLS == []

@@ -11,7 +11,10 @@ import dataclasses
 import io
 import logging
 import os
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -25,6 +28,7 @@ from pipeline.filesystem import MARKER
 from pipeline.runner import Runner
 
 ROOT = "s3://convpipe/team"
+REPO = Path(__file__).resolve().parents[3]
 SYNTHETIC = {"ingest": {"task": "classification", "num_shards": 2,
                         "source": {"name": "synthetic", "num_examples": 40, "image_size": 12, "num_classes": 3},
                         "splits": {"train": 0.6, "eval": 0.2, "test": 0.2}},
@@ -172,3 +176,31 @@ def test_on_a_2_worker_dask_cluster_the_workers_write_s3_with_the_same_fingerpri
     for stage in ("ingest", "augment"):
         _check_written_by_the_workers(stage)
     assert len(cluster.scheduler_info["workers"]) == 2
+
+
+@pytest.mark.slow  # two CLI runs of a small ingest
+def test_a_killed_ingest_leaves_no_marker_and_the_next_run_removes_what_its_workers_wrote(s3_server, remote_cache,
+                                                                                        tmp_path):
+    s3_server.make_bucket("convpipe")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CONVPIPE_PROGRESS": "plain"}  # the AWS variables of the server
+    command = [sys.executable, "-m", "convpipe.cli", "run", "--root", ROOT, "--to", "ingest",
+               "--metadata", f"sqlite:///{tmp_path / 'lineage.sqlite'}",
+               "--set", "ingest.source.num_examples=300", "--set", "ingest.num_shards=30"]  # 90 shards: a long window
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(k.endswith(".tfrecord.gz") for k in listing(s3_server.endpoint, "team/ingest/1/")):
+            assert run.poll() is None, "ingest ended before any shard reached the bucket"
+            assert time.monotonic() < deadline, "no shard reached the bucket"
+            time.sleep(0.05)
+    finally:
+        run.kill()
+        run.wait()
+    written = listing(s3_server.endpoint, "team/ingest/1/")
+    assert written and f"team/ingest/1/{MARKER}" not in written  # shards on the bucket, not an artifact
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "execution 1 (ingest) of run 1 was left RUNNING by a process that died" in again.stdout + again.stderr
+    assert listing(s3_server.endpoint, "team/ingest/1/") == {}
+    assert f"team/ingest/2/{MARKER}" in listing(s3_server.endpoint, "team/ingest/2/")
