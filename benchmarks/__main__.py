@@ -17,7 +17,8 @@ import traceback
 import warnings
 
 BENCHMARKS = ("trainer_overhead", "precision_speed", "input_headroom", "compute_efficiency", "ingest_throughput",
-              "serving_latency", "scaling", "default_run", "remote_root", "dask_workers")
+              "serving_latency", "scaling", "default_run", "remote_root", "dask_workers",
+              "beam_remote_writes")
 
 
 def parse_args(argv):
