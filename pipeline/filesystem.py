@@ -25,8 +25,9 @@ moves whole execution directories between the two:
 Credentials and the endpoint come from the usual AWS variables and files (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ~/.aws/config), through s3fs and botocore here and
 through boto3 in Beam's S3 filesystem; never from pipeline_config.json (`beam_s3_flags` finds the
-`--s3_*` Beam options that would carry them there, which the runner refuses). `check()` reaches the bucket before any work and turns a bad bucket, a wrong
-endpoint or missing credentials into one line that names the URL.
+`--s3_*` Beam options that would carry them there, which the runner refuses). `check()` reaches
+the bucket before any work and turns a bad bucket, a wrong endpoint or missing credentials into
+one line that names the URL.
 """
 from __future__ import annotations
 
