@@ -295,12 +295,16 @@ class Runner:
                     error = f"{'interrupted: ' if interrupted else ''}{type(exc).__name__}: {exc}"
                     store.end_run(run_id, md.FAILED, error)
                     log.error("run %d FAILED: %s", run_id, error)
-                    raise
-                finally:
                     if self.remote:
-                        self.remote.copy_logs((layout.LOGS_DIR, "tensorboard"))
+                        try:
+                            self.remote.copy_logs((layout.LOGS_DIR, "tensorboard"))
+                        except Exception as copy_error:  # the run's own error is the one to raise
+                            log.warning("the run's logs were not copied to %s: %s", self.remote.url, copy_error)
+                    raise
                 store.end_run(run_id, result.state, result.error)
                 log.info("run %d %s", run_id, result.state)
+                if self.remote:  # after the run's last line, so the bucket's log is whole
+                    self.remote.copy_logs((layout.LOGS_DIR, "tensorboard"))
         return result
 
     def _read_code_versions(self, stages: list[Stage]) -> None:

@@ -36,6 +36,9 @@ def test_run_publishes_to_s3_and_a_fresh_machine_reruns_cached(s3_server, postgr
         assert f"team/{stage}/{execution}/{MARKER}" in keys
     assert "team/a/1/data/numbers.txt" in keys and "team/logs/run-1.log" in keys
     assert fake.CALLS == ["a", "b", "c"]
+    import boto3
+    log = boto3.client("s3", endpoint_url=s3_server.endpoint).get_object(Bucket="convpipe", Key="team/logs/run-1.log")
+    assert log["Body"].read().decode().rstrip().endswith("run 1 COMPLETE")  # the bucket's log is whole
 
     shutil.rmtree(remote_cache)  # another machine: nothing local, the same bucket and database
     fake.CALLS.clear()
