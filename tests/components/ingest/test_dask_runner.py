@@ -3,7 +3,8 @@
 The cluster comes from the `distributed` package in setup.py's requirements, started here on
 127.0.0.1 (no mocks); a test is skipped only when the cluster cannot start, with the reason.
 Each worker imports TensorFlow on its first task, so the module shares one cluster, and one test
-also lets the stage start its own LocalCluster (`beam.dask.workers`), as a user's run does.
+also lets ingest start the process's LocalCluster (`beam.dask.workers`) and augment reuse it, as
+a user's run does.
 """
 import io
 import json
@@ -19,6 +20,7 @@ from components import examples as ex
 from components.augment import stage as augment
 from components.ingest import stage as ingest
 from pipeline import beam as beam_lib
+from pipeline import beam_dask
 from pipeline.artifacts import fingerprint_dir
 from pipeline.config import parse_config
 from pipeline.stage import Artifact, ExecutionContext
@@ -141,11 +143,24 @@ def test_a_failing_transform_on_the_cluster_names_the_runner_the_scheduler_and_t
                                 f"ValueError: record 1: expected a cat, got a dog")
 
 
-@pytest.mark.slow  # the stage starts (and closes) its own 2-worker LocalCluster
-def test_without_an_address_the_stage_starts_its_own_local_cluster(tmp_path, direct, caplog):
+@pytest.mark.slow  # the stages start one 2-worker LocalCluster, as a user's run does
+def test_without_an_address_ingest_and_augment_share_the_local_cluster_they_start(tmp_path, direct, caplog):
+    """`convpipe run --set beam.runner=dask`: ingest starts the LocalCluster, augment reuses it."""
+    beam_dask.SHARED.close_all()  # none left from another test of this process
     config = _with_runner(SYNTHETIC, {"runner": "dask", "dask": {"workers": 2}})
-    with caplog.at_level(logging.INFO, logger="test_dask_runner"):
-        examples = run_ingest(tmp_path, config, "ingest")
+    try:
+        with caplog.at_level(logging.INFO, logger="test_dask_runner"):
+            examples = run_ingest(tmp_path, config, "ingest")
+            (address,) = beam_dask.SHARED.addresses().values()
+            augmented = run_augment(tmp_path, config, examples, "augment")
+        assert list(beam_dask.SHARED.addresses().values()) == [address]
+    finally:
+        beam_dask.SHARED.close_all()
     assert fingerprint_dir(examples) == fingerprint_dir(direct[0])
-    started = [r.getMessage() for r in caplog.records if "LocalCluster of" in r.getMessage()]
-    assert len(started) == 1 and started[0].startswith("dask: LocalCluster of 2 worker processes at tcp://127.0.0.1:")
+    assert fingerprint_dir(augmented) == fingerprint_dir(direct[1])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dask: ")]
+    assert address.startswith("tcp://127.0.0.1:")
+    assert said == [f"dask: LocalCluster of 2 worker process(es) at {address} (kept for this process's later "
+                    f"Beam pipelines)",
+                    f"dask: reusing the LocalCluster of 2 worker process(es) at {address} (started by an earlier "
+                    f"Beam pipeline of this process)"]
