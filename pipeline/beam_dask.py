@@ -84,11 +84,13 @@ def option_args(section, parallelism: Optional[int]) -> list[str]:
 
 
 def make_runner():
-    """Beam's DaskRunner; says what to install when dask or distributed is missing."""
+    """Beam's DaskRunner with capped GroupByKey shuffles (pipeline/beam_dask_runner.py); says what
+    to install when dask or distributed is missing."""
     try:
         import dask.bag  # noqa: F401  (the runner's translation needs it)
         import distributed  # noqa: F401
-        from apache_beam.runners.dask.dask_runner import DaskRunner
+
+        from pipeline.beam_dask_runner import DaskRunner
     except ImportError as exc:
         raise ImportError(f"beam.runner=dask needs the dask and distributed packages ({exc}); "
                           f"install convpipe again with `pip install -e .`, which pins them") from exc

@@ -4,7 +4,7 @@ import pytest
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner
 
 from pipeline import beam as beam_lib
-from pipeline import beam_dask
+from pipeline import beam_dask, beam_dask_runner
 from pipeline.config import ConfigError, parse_config
 from tests.servers import free_port
 
@@ -56,7 +56,32 @@ def test_unknown_dask_keys_are_refused():
 
 def test_make_pipeline_builds_beams_dask_runner_and_starts_nothing():
     pipeline = beam_lib.make_pipeline(parse_config({"beam": {"runner": "dask"}}))
-    assert type(pipeline.runner) is DaskRunner
+    assert type(pipeline.runner) is beam_dask_runner.DaskRunner and isinstance(pipeline.runner, DaskRunner)
+    assert beam_dask.SHARED.addresses() == {}
+
+
+def test_a_group_by_key_shuffles_at_most_the_pipelines_partitions():
+    """A Flatten adds up partitions; the GroupByKey after it merges them back to npartitions first.
+
+    (That it groups the same values is checked on a real cluster: tests/components/ingest/test_dask_runner.py
+    writes the DirectRunner's bytes. Beam's ParDo translation shares its receivers between the partitions
+    of one process, so dask's in-process scheduler cannot compute these bags.)"""
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+    from apache_beam.runners.dask.overrides import dask_overrides
+
+    options = beam_lib.pipeline_options(parse_config({"beam": {"runner": "dask", "dask": {"partitions": 3}}}))
+    pipeline = beam.Pipeline(runner=beam_dask_runner.DaskRunner(), options=options)
+    pieces = [pipeline | f"Create{i}" >> beam.Create([(k % 4, 10 * i + k) for k in range(6)]) for i in range(5)]
+    _ = (pieces | beam.Flatten() | beam.GroupByKey() | beam.MapTuple(lambda key, values: (key, sorted(values))))
+    pipeline.replace_all(dask_overrides())
+    bag_kwargs = DaskOptions._extract_bag_kwargs(options.view_as(DaskOptions).get_all_options(drop_default=True,
+                                                                                             current_only=True))
+    visitor = beam_dask_runner.DaskRunner.to_dask_bag_visitor(bag_kwargs)
+    pipeline.visit(visitor)
+    flattened = next(bag for node, bag in visitor.bags.items() if node.transform.__class__.__name__ == "_Flatten")
+    grouped = list(visitor.bags.values())[-1]
+    assert (flattened.npartitions, grouped.npartitions) == (15, 3)  # 5 Creates of 3 partitions; then 3
+    assert len([key for key in dict(grouped.__dask_graph__()) if str(key[0]).startswith("repartition")]) == 3
 
 
 def test_an_unreachable_scheduler_fails_naming_its_address():

@@ -84,6 +84,11 @@ def test_pipelines_of_one_size_share_one_cluster_and_another_size_replaces_it(sh
                         f"dask: reusing the LocalCluster of 1 worker process(es) at {first} (started by an earlier "
                         f"Beam pipeline of this process)"]
     assert first.startswith("tcp://127.0.0.1:")
+    local = shared._clusters[beam_dask.Size(1, 1)]
+    assert local.scheduler.http_server.address == "127.0.0.1"  # its HTTP routes (no dashboard) too
+    listening = {c.laddr.ip for pid in pids for c in psutil.Process(pid).net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}, f"worker processes listen on {listening}"
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=log.name):
