@@ -53,7 +53,7 @@ def test_the_dask_configs_are_a_local_cluster_and_a_scheduler_on_beams_dask_runn
     from apache_beam.runners.dask.dask_runner import DaskRunner
 
     local, remote = (beam_lib.make_pipeline(parse_config(block)) for block in BLOCKS["DaskRunner"])
-    assert type(local.runner) is DaskRunner and type(remote.runner) is DaskRunner
+    assert isinstance(local.runner, DaskRunner) and isinstance(remote.runner, DaskRunner)  # ours: capped shuffles
     assert beam_dask.describe(local.options) == "LocalCluster x2 workers"
     assert beam_dask.describe(remote.options) == "scheduler tcp://scheduler:8786"
 
