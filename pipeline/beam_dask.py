@@ -12,7 +12,8 @@ DaskRunner, which turns the pipeline into dask.bag operations and submits them t
   TensorFlow), replaced when a pipeline asks for another size or finds it broken, and closed when
   the process ends (atexit: a normal end, an error, or SIGTERM, which the CLI turns into an
   exception; a worker also exits by itself when this process dies, through distributed's
-  parent-alive pipe). Its workers get the nanny's usual environment (one BLAS/OpenMP thread each)
+  parent-alive pipe). Its workers import Beam and TensorFlow as they start
+  (pipeline/beam_dask_worker.py) and get the nanny's usual environment (one BLAS/OpenMP thread each)
   less `MALLOC_TRIM_THRESHOLD_=65536`: with it, the per-record PIL and protobuf work ran about
   1.5x slower in a worker than in this process (measured here on a loaded 2-core machine, so
   roughly).
@@ -224,6 +225,10 @@ def _healthy(local, size: Size) -> bool:
         return False
 
 
+WORKER_PRELOAD = "pipeline.beam_dask_worker"
+"""Imports Beam and TensorFlow in each LocalCluster worker as it starts (that module says why)."""
+
+
 def _start(size: Size):
     import dask
     import distributed
@@ -233,7 +238,7 @@ def _start(size: Size):
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):  # read by each Nanny as it is made
         return distributed.LocalCluster(n_workers=size.workers, threads_per_worker=size.threads_per_worker,
                                         processes=True, host="127.0.0.1", dashboard_address=None,
-                                        silence_logs=logging.ERROR)
+                                        silence_logs=logging.ERROR, preload=[WORKER_PRELOAD])
 
 
 @contextlib.contextmanager

@@ -2,8 +2,10 @@
 another size, and closed with the process (a normal end, an error, SIGTERM or even SIGKILL).
 
 Real `distributed.LocalCluster`s of one worker on 127.0.0.1 (no mocks), running tiny pipelines
-that never import TensorFlow, so a cluster starts in a few seconds; a test is skipped only when
-a cluster cannot start, with the reason.
+that never import TensorFlow, and their workers preload only `json` instead of Beam and
+TensorFlow, so a cluster starts in a few seconds (tests/components/ingest/test_dask_runner.py
+runs the stages on the real preload); a test is skipped only when a cluster cannot start, with
+the reason.
 """
 import json
 import logging
@@ -37,9 +39,13 @@ def _run_tiny(workers: int, log: logging.Logger) -> None:
     beam_lib.run(pipeline, "tiny", log)
 
 
+LIGHT_PRELOAD = "json"
+
+
 @pytest.fixture
-def shared():
+def shared(monkeypatch):
     """The process's clusters, closed after the test (and none left from an earlier test)."""
+    monkeypatch.setattr(beam_dask, "WORKER_PRELOAD", LIGHT_PRELOAD)
     beam_dask.SHARED.close_all()
     yield beam_dask.SHARED
     beam_dask.SHARED.close_all()
@@ -128,6 +134,7 @@ SCRIPT = textwrap.dedent("""
 
     if __name__ == "__main__":
         how = sys.argv[1]
+        beam_dask.WORKER_PRELOAD = "json"  # not Beam and TensorFlow: this pipeline needs neither
         with sigterm_interrupts():  # as the convpipe CLI runs
             pipeline = beam_lib.make_pipeline(parse_config({"beam": {"runner": "dask", "dask": {"workers": 1}}}))
             _ = pipeline | beam.Create([1, 2]) | beam.Map(double)
@@ -171,3 +178,28 @@ def test_the_cluster_ends_with_the_process(tmp_path, how):
     assert "Traceback" not in err or how in ("error", "sigterm"), err[-3000:]
     if how == "sigterm":
         assert "Interrupted: signal SIGTERM" in err
+
+
+def _loaded_and_filtered():
+    import logging as logs
+
+    return ({name: name in sys.modules for name in ("apache_beam", "tensorflow")},
+            [f.__name__ for f in logs.getLogger().filters if hasattr(f, "__name__")])
+
+
+def test_workers_import_beam_and_tensorflow_as_they_start_and_end_once_closed():
+    """The real preload (pipeline/beam_dask_worker.py), before any task has run."""
+    import distributed
+
+    beam_dask.SHARED.close_all()
+    try:
+        with beam_dask.SHARED.use(beam_dask.Size(1, 1)) as address:
+            with distributed.Client(address, timeout=30) as client:
+                (state,) = client.run(_loaded_and_filtered).values()
+                pids = list(client.run(os.getpid).values())
+    finally:
+        beam_dask.SHARED.close_all()
+    loaded, filters = state
+    assert loaded == {"apache_beam": True, "tensorflow": True}
+    assert "_drop_beam_bigquery_notice" in filters
+    assert _gone(pids)
