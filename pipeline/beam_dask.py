@@ -118,8 +118,9 @@ def describe(options: PipelineOptions) -> str:
 
 @contextlib.contextmanager
 def _quiet_worker_shutdown() -> Iterator[None]:
-    """A worker process that holds TensorFlow's threads outlives the nanny's 4 s close and is killed,
-    which the nanny logs as a warning on every run; it is the normal end of a LocalCluster here."""
+    """A worker process that holds TensorFlow can outlive the nanny's 4 s close and be killed, which the
+    nanny logs as a warning (pipeline/beam_dask_worker.py ends a cleanly closed worker's process at
+    once; one that was busy or broken may still take that way out): a normal end here."""
     nanny = logging.getLogger("distributed.nanny")
     level = nanny.level
     nanny.setLevel(logging.ERROR)
