@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from components.serving.probe import started_ahead
+
 from pipeline import filesystem
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.stage import ExecutionContext, Stage, StageError
@@ -108,12 +108,11 @@ def executor(ctx: ExecutionContext) -> None:
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     info.update(task.serving_info(info))
     try:
-        with started_ahead():  # the checking process imports TensorFlow while the SavedModel is written
-            serving.write_archive(task.export_archive(model, info), temporary, info)
-            try:
-                differences = task.check_export(temporary, model, probe_dir, info, Path(ctx.work_dir) / "probe")
-            except ExportMismatch as exc:
-                raise StageError(f"export: {exc}; nothing was pushed") from exc
+        serving.write_archive(task.export_archive(model, info), temporary, info)
+        try:
+            differences = task.check_export(temporary, model, probe_dir, info, Path(ctx.work_dir) / "probe")
+        except ExportMismatch as exc:
+            raise StageError(f"export: {exc}; nothing was pushed") from exc
         tolerance = config.export.tolerance
         if max(differences.values()) >= tolerance:
             raise StageError(f"export: the SavedModel loaded in a fresh process disagrees with the Keras model on "

@@ -6,20 +6,14 @@ travel as one .npz each way (no pickle); string tensors as concatenated bytes pl
 
     outputs = run_in_fresh_process(path, {"serving_default": {"image_bytes": array}}, scratch)
     outputs["serving_default"]["probabilities"]   # numpy; string outputs come back as str arrays
-
-Starting that process is mostly importing TensorFlow (3-4 s on 2 cores, half of the export stage).
-`started_ahead()` starts it before the SavedModel is written, so the import runs while the
-exporter saves; the process still sees nothing of the exporter but the paths it is sent.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -66,70 +60,22 @@ def unpack(data: Mapping[str, np.ndarray]) -> dict:
     return values
 
 
-def _probe_env() -> dict:
-    project = str(Path(__file__).resolve().parents[2])
-    return dict(os.environ, PYTHONPATH=project + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
-                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-
-
-_ahead: list[subprocess.Popen] = []
-"""The process `started_ahead` holds for the next check (at most one)."""
-
-
-@contextlib.contextmanager
-def started_ahead() -> Iterator[None]:
-    """Start the probe process now; the first `run_in_fresh_process` inside the block sends it its
-    paths instead of starting one. One left unused (the export failed before its check) is ended."""
-    process = subprocess.Popen([sys.executable, "-m", "components.serving.probe", "--from-stdin"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_probe_env())
-    _ahead.append(process)
-    try:
-        yield
-    finally:
-        if process in _ahead:
-            _ahead.remove(process)
-            with contextlib.suppress(OSError):
-                process.communicate(input="", timeout=30)  # no paths: it exits at once
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def _taken_ahead() -> Optional[subprocess.Popen]:
-    while _ahead:
-        process = _ahead.pop()
-        if process.poll() is None:
-            return process
-    return None
-
-
 def run_in_fresh_process(saved_model: str | Path, calls: Mapping[str, Mapping[str, np.ndarray]],
                          scratch: str | Path, timeout: float = 600) -> dict:
-    """{signature: {input name: batch}} -> {signature: {output name: numpy}}, computed by a new process
-    (the one `started_ahead` holds, when there is one)."""
+    """{signature: {input name: batch}} -> {signature: {output name: numpy}}, computed by a new process."""
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     request, answer = scratch / "probe_in.npz", scratch / "probe_out.npz"
     np.savez(request, **pack({f"{signature}{SEPARATOR}{name}": value
                               for signature, inputs in calls.items() for name, value in inputs.items()}))
-    paths = [str(saved_model), str(request), str(answer)]
-    ahead = _taken_ahead()
-    if ahead is not None:
-        try:
-            stdout, stderr = ahead.communicate(input=json.dumps(paths) + "\n", timeout=timeout)
-        except subprocess.TimeoutExpired:
-            ahead.kill()
-            stdout, stderr = ahead.communicate()
-            raise RuntimeError(f"{saved_model}: the fresh process did not answer within {timeout:.0f} s") from None
-        returncode = ahead.returncode
-    else:
-        process = subprocess.run([sys.executable, "-m", "components.serving.probe", *paths],
-                                 capture_output=True, text=True, env=_probe_env(), timeout=timeout)
-        stdout, stderr, returncode = process.stdout, process.stderr, process.returncode
-    if returncode != 0:
-        tail = "\n".join((stdout + stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"{saved_model}: loading in a fresh process failed (exit {returncode}):\n{tail}")
+    project = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=project + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+               TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    process = subprocess.run([sys.executable, "-m", "components.serving.probe", str(saved_model), str(request), str(answer)],
+                             capture_output=True, text=True, env=env, timeout=timeout)
+    if process.returncode != 0:
+        tail = "\n".join((process.stdout + process.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{saved_model}: loading in a fresh process failed (exit {process.returncode}):\n{tail}")
     with np.load(answer, allow_pickle=False) as data:
         flat = {key: data[key] for key in data.files}
     outputs: dict[str, dict] = {}
@@ -184,13 +130,5 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def main_from_stdin() -> int:
-    """Import TensorFlow first, then wait for one JSON line of paths (none: exit without work)."""
-    from components.serving.served_model import ServedModel  # noqa: F401  (the import is the point)
-
-    line = sys.stdin.readline()
-    return main(json.loads(line)) if line.strip() else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main_from_stdin() if sys.argv[1:] == ["--from-stdin"] else main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))
