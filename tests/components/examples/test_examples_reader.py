@@ -64,10 +64,16 @@ def test_cached_and_uncached_readers_yield_the_same_batches(examples_dir):
             np.testing.assert_array_equal(y.numpy(), cy.numpy())
 
 
+@pytest.mark.parametrize("whole_epoch", [True, False], ids=["epoch-at-once", "batch-by-batch"])
 @pytest.mark.parametrize("buffer", [1024, 5], ids=["buffer-holds-split", "buffer-smaller"])
-def test_gathered_epochs_are_the_cached_readers_batches(examples_dir, buffer):
-    """The trainer's cached input shuffles indices and gathers (train_input.gathered_epoch): the same
-    batches, bit for bit, as the reader shuffling the decoded examples with the same seed and buffer."""
+def test_gathered_epochs_are_the_cached_readers_batches(examples_dir, buffer, whole_epoch, monkeypatch):
+    """The trainer's cached input shuffles indices and gathers (train_input.gathered_epoch), the whole
+    epoch at once or, past EPOCH_LIMIT_BYTES, batch by batch: the same batches either way, bit for bit,
+    as the reader shuffling the decoded examples with the same seed and buffer."""
+    from components.training import train_input as train_input_module
+
+    if not whole_epoch:
+        monkeypatch.setattr(train_input_module, "EPOCH_LIMIT_BYTES", 0)
     decoded = ex.decoded_split(examples_dir, "train", cache=True)
     data = train_input(examples_dir, cache=True, buffer=buffer)
     for epoch in (1, 2):
