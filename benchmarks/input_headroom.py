@@ -12,10 +12,13 @@ Sides, alternated after a warm-up, one epoch each:
   reader_cached   a probe: a plain tf.data parse and decode followed by
                   `cache()` (the split fits in memory), then shuffle, batch, prefetch; from the
                   second epoch on it serves decoded images from memory
-  training_epoch  a real epoch, reader feeding the train step, with the time spent in `next()` on
-                  the distributed iterator counted apart from the time in the step: the share of
-                  step time spent waiting for input (the loop does the same per step: next, step,
-                  read the sums back)
+  training_epoch  a real epoch as the loop runs it (components/training/loop.py `train_steps`: on
+                  one device the step takes its batch from the reader's iterator inside the
+                  compiled function), against `trainer`: the input wait is the share of the epoch
+                  that the reader adds, 1 - trainer time / training_epoch time
+  python_next     the same epoch with each batch handed over through Python (`next()`, then the
+                  step), as a distributed or streamed dataset still is: the time in `next()` as a
+                  share of next + step
 The reader has no online transforms to apply: augmentation is an offline Beam stage (augment).
 """
 from __future__ import annotations
@@ -101,12 +104,16 @@ def run(size: str) -> Result:
                 pass
 
         def trainer_consumption():
-            for batch in steps.distribute(memory):
-                _sums(steps.train_step(batch))
+            for train_step in steps.train_steps(memory):
+                _sums(train_step())
+
+        def training_epoch():
+            for train_step in steps.train_steps(trainer.train_data(next(epoch))):
+                _sums(train_step())
 
         waits = []
 
-        def training_epoch():
+        def python_next():
             wait = first = step = 0.0
             iterator = iter(steps.distribute(trainer.train_data(next(epoch))))
             while True:
@@ -125,7 +132,7 @@ def run(size: str) -> Result:
 
         seconds = timing.alternate({"reader": reader, "records_only": records_only, "parsed": parsed,
                                     "reader_cached": reader_cached, "trainer": trainer_consumption,
-                                    "training_epoch": training_epoch},
+                                    "training_epoch": training_epoch, "python_next": python_next},
                                    rounds=s["rounds"], warmup=1)
         trainer.close()
 
@@ -142,11 +149,15 @@ def run(size: str) -> Result:
     trainer_rate = result.figure("trainer_images_per_s", timing.rate(images, seconds["trainer"]), "images/s",
                                  "train steps on in-memory batches")
     result.figure("training_epoch_images_per_s", timing.rate(images, seconds["training_epoch"]), "images/s")
+    share = result.figure("input_wait_share",
+                          max(0.0, 1.0 - timing.median(seconds["trainer"]) / timing.median(seconds["training_epoch"])),
+                          "of the epoch", "1 - (steps on in-memory batches) / (the loop's epoch on the reader), "
+                          "medians of alternated epochs")
     shares = [wait / (wait + step) for wait, step, _ in waits]
-    share = result.figure("input_wait_share", timing.median(shares), "of step time",
-                          "time in next() / (time in next() + time in the train step), median epoch")
+    result.figure("python_next_wait_share", timing.median(shares), "of step time",
+                  "batches handed over through Python: time in next() / (next() + the train step), median epoch")
     later = [(wait - first) / (wait - first + step) for wait, step, first in waits]
-    result.figure("input_wait_share_after_first_batch", timing.median(later), "of step time",
+    result.figure("python_next_wait_share_after_first_batch", timing.median(later), "of step time",
                   "the same without the first batch (filling the shuffle buffer)")
     result.figure("first_batch_wait_seconds", timing.median([first for _, _, first in waits]), "s")
     headroom = result.ratio("reader_over_trainer", timing.ratio(reader_rate, trainer_rate),

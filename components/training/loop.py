@@ -90,7 +90,14 @@ class StepFunctions:
                 return {k: strategy.reduce(sum_op, v, axis=None) for k, v in sums.items()}
             return step
 
+        @tf.function
+        def train_step_on(iterator):
+            batch = next(iterator)
+            sums = strategy.run(replica_train, args=(batch[0], batch[1]))
+            return {k: strategy.reduce(sum_op, v, axis=None) for k, v in sums.items()}
+
         self.train_step = reduced(replica_train)
+        self.train_step_on = train_step_on
         self.eval_step = reduced(replica_eval)
 
     def distribute(self, dataset):
@@ -105,6 +112,27 @@ class StepFunctions:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
+    def train_steps(self, dataset):
+        """One callable per batch of `dataset`: it runs the train step on that batch and returns its sums.
+
+        On one device, when tf.data knows the dataset's length (the cached train split: train_input.py),
+        the batch is taken from the iterator inside the compiled step, as Keras's `fit` does: handing
+        each batch over through Python cost ~0.8 ms of a 16 ms step on 2 quiet cores (epochs 13%
+        faster in-graph, alternated, benchmarks/trainer_overhead). Otherwise (a distributed or a
+        streamed dataset) each batch comes through the Python iterator. The batches are the same
+        either way; the two compiled steps may differ in the last bits of float rounding, and each
+        repeats exactly from run to run.
+        """
+        distributed = self.distribute(dataset)
+        length = known_length(distributed)
+        if length is None:
+            for batch in distributed:
+                yield lambda batch=batch: self.train_step(batch)
+            return
+        iterator = iter(distributed)
+        for _ in range(length):
+            yield lambda: self.train_step_on(iterator)
+
     def evaluate(self, dataset) -> dict:
         totals: dict[str, float] = {}
         for batch in self.distribute(dataset):
@@ -115,6 +143,17 @@ class StepFunctions:
     def learning_rate(self) -> float:
         return float(self.optimizer.learning_rate.numpy() if hasattr(self.optimizer.learning_rate, "numpy")
                      else self.optimizer.learning_rate)
+
+
+def known_length(dataset) -> Optional[int]:
+    """The number of batches of a `tf.data.Dataset` when tf.data knows it; None for a distributed
+    dataset or one of unknown length (a streamed reader)."""
+    import tensorflow as tf
+
+    if not isinstance(dataset, tf.data.Dataset):
+        return None
+    length = int(dataset.cardinality())
+    return length if length >= 0 else None
 
 
 def averages(totals: dict) -> dict:
@@ -157,10 +196,10 @@ def fit(steps: StepFunctions, train_data: Callable[[int], object], eval_data: Op
         dataset = train_data(epoch)
         if step:
             dataset = dataset.skip(step)
-        for batch in steps.distribute(dataset):
+        for train_step in steps.train_steps(dataset):
             if hooks is not None:
                 hooks.before_step(epoch, progress.global_step)
-            sums = {k: float(v) for k, v in steps.train_step(batch).items()}
+            sums = {k: float(v) for k, v in train_step().items()}
             step += 1
             progress.global_step += 1
             loss = sums["loss"] / sums["count"] if sums["count"] else 0.0
