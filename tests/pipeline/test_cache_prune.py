@@ -70,9 +70,9 @@ def test_keep_runs_deletes_what_only_older_runs_used_and_never_the_bucket(two_ru
     assert not (local / "c" / "3").exists() and not (local / "logs" / "run-1.log").exists()
     for kept in ("a/1", "b/2", "c/6", "logs/run-2.log", "b/77/only-here.txt", "b/.work/0123456789abcdef"):
         assert (local / kept).exists(), kept
-    # The newest run's log is uploaded just before its last line ("run 2 COMPLETE") is written, so
-    # the bucket's copy is shorter until the next run uploads it again: kept (it is the only whole copy).
-    assert {i.rel for i in plan.items if not i.removable} == {"b/77", "b/.work/0123456789abcdef", "logs/run-2.log"}
+    # The newest run's log is whole on the bucket (uploaded after its last line), so it is removable;
+    # --keep-runs 1 keeps it as the newest run's.
+    assert {i.rel for i in plan.items if not i.removable} == {"b/77", "b/.work/0123456789abcdef"}
     assert plan.freed == sum(i.size for i in plan.delete) > 0
     assert bucket(s3_server) == before                      # the remote root is never touched
 
@@ -82,7 +82,7 @@ def test_max_bytes_empties_the_copy_and_the_next_run_streams_inputs_back(two_run
     local = two_runs
     before = bucket(s3_server)
     plan = prune(ROOT, postgres_url, max_bytes=0)
-    assert local_listing(local) == ["logs/run-2.log"]  # the one file the bucket lacks (see above)
+    assert local_listing(local) == []  # every file is also on the bucket, the newest run's log included
     assert plan.total - plan.freed == tree_size(local)
     assert bucket(s3_server) == before
 
